@@ -1,0 +1,4 @@
+"""Image I/O: validation, the pyramidal core store, pyramid sampling, synthetic cores, dearraying.
+
+Never imports torch or opens a database session.
+"""

@@ -1,0 +1,1 @@
+"""Alembic migration tree (one tree for PostgreSQL and SQLite)."""

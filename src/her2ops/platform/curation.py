@@ -1,0 +1,312 @@
+"""Curation services: users and core ingest. Each is one transaction, all rows or none."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from her2ops.imaging.readers import ImageError, ImageInfo, inspect_image
+from her2ops.imaging.store import CoreStore, StoreError
+from her2ops.platform import audit
+from her2ops.platform.access import require, user_count
+from her2ops.platform.csvio import CsvRow, file_sha256, read_csv
+from her2ops.platform.errors import Conflict, ImportRejected, RowError
+from her2ops.platform.schema import ROLES, Core, Patient, Slide, User
+
+T = TypeVar("T")
+Progress = Callable[[Iterable[T]], Iterable[T]]
+
+
+def _no_progress(items: Iterable[T]) -> Iterable[T]:
+    return items
+
+
+def add_user(session: Session, *, actor: str | None, username: str, role: str) -> User:
+    """Add a user. The very first user may be added without an actor (bootstrap); after that
+    only an admin adds users."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
+    username = username.strip()
+    if not username:
+        raise ValueError("username must not be empty")
+    bootstrap = user_count(session) == 0
+    actor_user = None if bootstrap else require(session, actor, "users.add")
+    if session.scalar(select(User).where(User.username == username)) is not None:
+        raise Conflict(f"user {username!r} already exists")
+    user = User(username=username, role=role)
+    session.add(user)
+    session.flush()
+    audit.record(
+        session,
+        actor=actor_user or user,
+        action="users.add",
+        entity="user",
+        key=username,
+        details={"role": role, "bootstrap": bootstrap},
+    )
+    return user
+
+
+@dataclass
+class IngestReport:
+    """What an ingest did: new cores, rows already present (re-run), and rows skipped."""
+
+    manifest: str
+    added: list[str] = field(default_factory=list)
+    already_present: list[str] = field(default_factory=list)
+    skipped: list[RowError] = field(default_factory=list)
+    new_patients: int = 0
+    conversions: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "manifest": self.manifest,
+            "added": len(self.added),
+            "already_present": len(self.already_present),
+            "new_patients": self.new_patients,
+            "skipped": [{"line": e.line, "key": e.key, "reason": e.reason} for e in self.skipped],
+            "conversions": self.conversions,
+        }
+
+
+@dataclass
+class _Candidate:
+    row: CsvRow
+    patient: str
+    core: str
+    image: Path
+    slide: str | None
+    grid_row: int | None
+    grid_col: int | None
+    site: str | None
+    info: ImageInfo | None = None
+
+
+MANIFEST_REQUIRED = ("patient", "core", "image")
+MANIFEST_OPTIONAL = ("slide", "row", "col", "site")
+
+
+def _parse_manifest_row(row: CsvRow, base: Path) -> _Candidate | RowError:
+    patient, core, image = row.get("patient"), row.get("core"), row.get("image")
+    key = core or patient
+    for name, value in (("patient", patient), ("core", core), ("image", image)):
+        if not value:
+            return RowError(row.line, f"empty {name}", key)
+    grid: list[int | None] = []
+    for name in ("row", "col"):
+        text = row.get(name)
+        if not text:
+            grid.append(None)
+            continue
+        try:
+            value_int = int(text)
+        except ValueError:
+            return RowError(row.line, f"{name} {text!r} is not an integer", key)
+        if value_int < 0:
+            return RowError(row.line, f"{name} {text!r} is negative", key)
+        grid.append(value_int)
+    path = Path(image)
+    if not path.is_absolute():
+        path = base / path
+    return _Candidate(
+        row=row,
+        patient=patient,
+        core=core,
+        image=path,
+        slide=row.get("slide") or None,
+        grid_row=grid[0],
+        grid_col=grid[1],
+        site=row.get("site") or None,
+    )
+
+
+def ingest_manifest(
+    session: Session,
+    *,
+    actor: str | None,
+    manifest: Path,
+    store: CoreStore,
+    max_pixels: int,
+    skip_invalid: bool = False,
+    progress: Progress[_Candidate] = _no_progress,
+) -> IngestReport:
+    """Validate every row and image of ``manifest``, then store and record the cores.
+
+    All rows or none: any bad row raises :class:`ImportRejected` listing every bad row, and
+    nothing is written to the database. With ``skip_invalid`` the good rows are loaded and the
+    bad ones reported. Re-running a manifest is a no-op (same core code, patient and image).
+    Images are copied into the store before the database transaction; a rejected import can
+    leave store files that no core references, which is harmless (content-addressed, reused).
+    """
+    actor_user = require(session, actor, "cores.ingest")
+    manifest = manifest.resolve()
+    rows = read_csv(manifest, required=MANIFEST_REQUIRED, optional=MANIFEST_OPTIONAL)
+    report = IngestReport(manifest=str(manifest))
+    errors: list[RowError] = []
+    candidates: list[_Candidate] = []
+
+    seen_core: dict[str, int] = {}
+    seen_patient_site: dict[str, tuple[str | None, int]] = {}
+    for row in rows:
+        parsed = _parse_manifest_row(row, manifest.parent)
+        if isinstance(parsed, RowError):
+            errors.append(parsed)
+            continue
+        if parsed.core in seen_core:
+            errors.append(RowError(row.line, f"duplicate core code (also on line "
+                                              f"{seen_core[parsed.core]})", parsed.core))
+            continue
+        seen_core[parsed.core] = row.line
+        prior = seen_patient_site.get(parsed.patient)
+        if prior and parsed.site and prior[0] and prior[0] != parsed.site:
+            errors.append(RowError(row.line, f"patient {parsed.patient} has site {parsed.site!r} "
+                                             f"here but {prior[0]!r} on line {prior[1]}",
+                                   parsed.core))
+            continue
+        if parsed.site or not prior:
+            seen_patient_site[parsed.patient] = (parsed.site or (prior[0] if prior else None),
+                                                 row.line)
+        candidates.append(parsed)
+
+    # What the database already holds for these codes.
+    existing_cores = {
+        c.code: c
+        for c in _in_chunks(session, Core, Core.code, [c.core for c in candidates])
+    }
+    existing_patients = {
+        p.code: p
+        for p in _in_chunks(session, Patient, Patient.code, [c.patient for c in candidates])
+    }
+    patient_of_core_id = {p.id: p.code for p in existing_patients.values()}
+
+    valid: list[_Candidate] = []
+    seen_sha: dict[str, _Candidate] = {}
+    for cand in progress(candidates):
+        try:
+            cand.info = inspect_image(cand.image, max_pixels=max_pixels)
+        except ImageError as exc:
+            errors.append(RowError(cand.row.line, str(exc), cand.core))
+            continue
+        sha = cand.info.sha256
+        if sha in seen_sha:
+            other = seen_sha[sha]
+            errors.append(RowError(cand.row.line, f"same image as core {other.core} on line "
+                                                  f"{other.row.line}", cand.core))
+            continue
+        seen_sha[sha] = cand
+        valid.append(cand)
+
+    by_sha = {c.sha256: c for c in _in_chunks(session, Core, Core.sha256, list(seen_sha))}
+    to_add: list[_Candidate] = []
+    for cand in valid:
+        assert cand.info is not None
+        existing = existing_cores.get(cand.core)
+        if existing is not None:
+            same_patient = patient_of_core_id.get(existing.patient_id) == cand.patient
+            if existing.sha256 == cand.info.sha256 and same_patient:
+                report.already_present.append(cand.core)
+            else:
+                what = "image" if existing.sha256 != cand.info.sha256 else "patient"
+                errors.append(RowError(cand.row.line, f"duplicate core code: already ingested "
+                                                      f"with a different {what}", cand.core))
+            continue
+        holder = by_sha.get(cand.info.sha256)
+        if holder is not None:
+            errors.append(RowError(cand.row.line, f"same image as core {holder.code}, already "
+                                                  "ingested", cand.core))
+            continue
+        patient = existing_patients.get(cand.patient)
+        if patient is not None and cand.site and patient.site and patient.site != cand.site:
+            errors.append(RowError(cand.row.line, f"patient {cand.patient} has site "
+                                                  f"{cand.site!r} here but {patient.site!r} "
+                                                  "in the database", cand.core))
+            continue
+        to_add.append(cand)
+
+    if errors and not skip_invalid:
+        raise ImportRejected(str(manifest), sorted(errors, key=lambda e: e.line))
+
+    stored: dict[str, str] = {}
+    for cand in to_add:
+        assert cand.info is not None
+        try:
+            stored[cand.core] = store.put(cand.image, max_pixels=max_pixels,
+                                          sha256=cand.info.sha256).location
+        except (StoreError, ImageError) as exc:
+            errors.append(RowError(cand.row.line, f"could not store image: {exc}", cand.core))
+    if errors and not skip_invalid:
+        raise ImportRejected(str(manifest), sorted(errors, key=lambda e: e.line))
+    report.skipped = sorted(errors, key=lambda e: e.line)
+
+    slides = {s.code: s for s in _in_chunks(session, Slide, Slide.code,
+                                            [c.slide for c in to_add if c.slide])}
+    for cand in to_add:
+        if cand.core not in stored:
+            continue
+        assert cand.info is not None
+        patient = existing_patients.get(cand.patient)
+        if patient is None:
+            patient = Patient(code=cand.patient, site=cand.site)
+            session.add(patient)
+            existing_patients[cand.patient] = patient
+            report.new_patients += 1
+        elif cand.site and not patient.site:
+            patient.site = cand.site
+        slide = None
+        if cand.slide:
+            slide = slides.get(cand.slide)
+            if slide is None:
+                slide = Slide(code=cand.slide)
+                session.add(slide)
+                slides[cand.slide] = slide
+        session.flush()
+        session.add(
+            Core(
+                code=cand.core,
+                patient_id=patient.id,
+                slide_id=slide.id if slide else None,
+                grid_row=cand.grid_row,
+                grid_col=cand.grid_col,
+                source_path=str(cand.image),
+                store_location=stored[cand.core],
+                sha256=cand.info.sha256,
+                width=cand.info.width,
+                height=cand.info.height,
+                conversion=cand.info.conversion,
+                status="ingested",
+            )
+        )
+        report.added.append(cand.core)
+        if cand.info.conversion:
+            report.conversions[cand.core] = cand.info.conversion
+    session.flush()
+    if report.added:
+        audit.record(
+            session,
+            actor=actor_user,
+            action="cores.ingest",
+            entity="manifest",
+            key=str(manifest),
+            details={
+                "sha256": file_sha256(manifest),
+                "added": len(report.added),
+                "already_present": len(report.already_present),
+                "skipped": len(report.skipped),
+            },
+        )
+    return report
+
+
+def _in_chunks(session: Session, model: type[T], column: object, values: list[str]) -> list[T]:
+    """``SELECT model WHERE column IN values`` in chunks (bind-parameter limits)."""
+    out: list[T] = []
+    unique = sorted(set(values))
+    for i in range(0, len(unique), 5000):
+        chunk = unique[i : i + 5000]
+        out.extend(session.scalars(select(model).where(column.in_(chunk))))  # type: ignore[attr-defined]
+    return out

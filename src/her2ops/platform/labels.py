@@ -1,0 +1,114 @@
+"""Reading labels out: the export table, training snapshots and the agreement statistics."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from her2ops.platform.schema import ConsensusLabel, Core, Patient, User, Vote
+from her2ops.platform.splits import get_split, patient_partitions
+from her2ops.platform.stats import summarize
+from her2ops.scores import SCORE_LABELS, parse_vote
+
+EXPORT_COLUMNS = ("core", "patient", "partition", "score", "status", "votes", "agreement")
+
+
+def export_rows(session: Session, *, split: str | None = None) -> list[dict[str, Any]]:
+    """One row per core: its current consensus, votes (``user:score@round``) and partition."""
+    parts = patient_partitions(session, split) if split else {}
+    labels = {
+        core_id: (status, score, agreement)
+        for core_id, status, score, agreement in session.execute(
+            select(ConsensusLabel.core_id, ConsensusLabel.status, ConsensusLabel.score,
+                   ConsensusLabel.agreement).where(ConsensusLabel.is_current.is_(True)))
+    }
+    votes: dict[int, list[str]] = defaultdict(list)
+    for core_id, username, score, rnd in session.execute(
+        select(Vote.core_id, User.username, Vote.score, Vote.round)
+        .join(User, User.id == Vote.user_id).order_by(Vote.id)
+    ):
+        votes[core_id].append(f"{username}:{score}" + ("" if rnd == "initial" else f"@{rnd}"))
+    rows = []
+    for core_id, code, patient_id, patient in session.execute(
+        select(Core.id, Core.code, Core.patient_id, Patient.code)
+        .join(Patient, Patient.id == Core.patient_id).order_by(Core.code)
+    ):
+        status, score, agreement = labels.get(core_id, ("unlabelled", None, None))
+        rows.append({
+            "core": code,
+            "patient": patient,
+            "partition": parts.get(patient_id, "") if split else "",
+            "score": SCORE_LABELS[score] if score is not None else "",
+            "status": status,
+            "votes": ";".join(votes.get(core_id, [])),
+            "agreement": round(agreement, 4) if agreement is not None else "",
+        })
+    return rows
+
+
+@dataclass(frozen=True)
+class SnapshotItem:
+    core: str
+    sha256: str
+    store_location: str
+    label: int
+    partition: str
+
+
+def label_snapshot(session: Session, split: str) -> tuple[list[SnapshotItem], str]:
+    """The labelled cores of a split with their partition, and a hash of exactly that set.
+
+    The hash identifies what a model was trained and judged on: same hash, same labels.
+    """
+    get_split(session, split)
+    parts = patient_partitions(session, split)
+    q = (
+        select(Core.code, Core.sha256, Core.store_location, Core.patient_id, ConsensusLabel.score)
+        .join(ConsensusLabel, ConsensusLabel.core_id == Core.id)
+        .where(ConsensusLabel.is_current.is_(True),
+               ConsensusLabel.status.in_(("agreed", "adjudicated")))
+        .order_by(Core.code)
+    )
+    items = [
+        SnapshotItem(code, sha, loc or "", int(score), parts[pid])
+        for code, sha, loc, pid, score in session.execute(q)
+        if pid in parts
+    ]
+    digest = hashlib.sha256(
+        json.dumps([[i.core, i.sha256, i.label, i.partition] for i in items]).encode()
+    ).hexdigest()
+    return items, digest
+
+
+def stats_summary(session: Session) -> dict[str, Any]:
+    """Agreement statistics over the initial votes (each pathologist's latest initial vote)."""
+    votes: dict[str, dict[str, int | None]] = defaultdict(dict)
+    q = (
+        select(Core.code, User.username, Vote.score)
+        .join(Core, Core.id == Vote.core_id).join(User, User.id == Vote.user_id)
+        .where(Vote.round == "initial").order_by(Vote.id)
+    )
+    for code, username, score in session.execute(q):
+        parsed = parse_vote(score)
+        votes[code][username] = None if parsed is None else int(parsed)
+    consensus: dict[str, int] = {}
+    status_counts: Counter[str] = Counter()
+    for code, status, score in session.execute(
+        select(Core.code, ConsensusLabel.status, ConsensusLabel.score)
+        .join(ConsensusLabel, ConsensusLabel.core_id == Core.id)
+        .where(ConsensusLabel.is_current.is_(True))
+    ):
+        status_counts[status] += 1
+        if status in ("agreed", "adjudicated") and score is not None:
+            consensus[code] = int(score)
+    n_cores = session.scalar(select(func.count()).select_from(Core))
+    summary = summarize(votes, consensus, dict(status_counts))
+    summary["n_cores"] = int(n_cores or 0)
+    summary["status_counts"]["unlabelled"] = int(n_cores or 0) - sum(status_counts.values())
+    return summary

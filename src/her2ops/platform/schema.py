@@ -1,0 +1,202 @@
+"""The system of record: SQLAlchemy 2.0 typed ORM, one schema for PostgreSQL and SQLite.
+
+Relationships load ``lazy="raise"`` so nothing is fetched behind a caller's back; queries say what
+they join. Constraint names follow one naming convention so SQLite batch migrations can address
+them. Votes are append-only (database triggers refuse UPDATE and DELETE, see the migration);
+consensus labels are versioned (a change of outcome adds a row and moves ``is_current``).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+ROLES = ("pathologist", "lab_manager", "engineer", "admin")
+VOTE_ROUNDS = ("initial", "adjudication", "review")
+VOTE_SCORES = ("0", "1+", "2+", "3+", "ND")
+LABEL_STATUSES = (
+    "agreed",
+    "adjudicated",
+    "excluded",
+    "insufficient_votes",
+    "needs_adjudication",
+)
+CORE_STATUSES = ("ingested", "failed")
+PARTITIONS = ("train", "val", "test")
+
+# BigInteger ids on PostgreSQL, INTEGER (rowid alias) on SQLite so autoincrement works there.
+IdType = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _in(values: tuple[str, ...]) -> str:
+    return "(" + ", ".join(f"'{v}'" for v in values) + ")"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: DateTime(timezone=True)}  # noqa: RUF012
+
+
+class Patient(Base):
+    """A pseudonymous patient. No names or birth dates are stored, by design."""
+
+    __tablename__ = "patients"
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    code: Mapped[str] = mapped_column(String(64), unique=True)
+    site: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    cores: Mapped[list[Core]] = relationship(back_populates="patient", lazy="raise")
+
+
+class Slide(Base):
+    __tablename__ = "slides"
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    code: Mapped[str] = mapped_column(String(128), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Core(Base):
+    """One TMA core image. ``sha256`` is of the source file; the store names its copy by it."""
+
+    __tablename__ = "cores"
+    __table_args__ = (CheckConstraint(f"status IN {_in(CORE_STATUSES)}", name="status"),)
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    code: Mapped[str] = mapped_column(String(128), unique=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    slide_id: Mapped[int | None] = mapped_column(ForeignKey("slides.id"), index=True)
+    grid_row: Mapped[int | None] = mapped_column(Integer)
+    grid_col: Mapped[int | None] = mapped_column(Integer)
+    source_path: Mapped[str] = mapped_column(Text)
+    store_location: Mapped[str | None] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    conversion: Mapped[str | None] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16), default="ingested")
+    failure_reason: Mapped[str | None] = mapped_column(Text)
+    needs_consensus: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    patient: Mapped[Patient] = relationship(back_populates="cores", lazy="raise")
+
+
+class User(Base):
+    __tablename__ = "users"
+    __table_args__ = (CheckConstraint(f"role IN {_in(ROLES)}", name="role"),)
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Vote(Base):
+    """An append-only vote. One per (core, user, round) except ``review``, which may repeat:
+    ``seq`` is 0 in the other rounds and counts 1, 2, ... in review, so one unique key enforces it.
+    """
+
+    __tablename__ = "votes"
+    __table_args__ = (
+        CheckConstraint(f"score IN {_in(VOTE_SCORES)}", name="score"),
+        CheckConstraint(f"round IN {_in(VOTE_ROUNDS)}", name="round"),
+        CheckConstraint("(round = 'review' AND seq >= 1) OR (round <> 'review' AND seq = 0)",
+                        name="seq"),
+        UniqueConstraint("core_id", "user_id", "round", "seq"),
+    )
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    core_id: Mapped[int] = mapped_column(ForeignKey("cores.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    score: Mapped[str] = mapped_column(String(2))
+    round: Mapped[str] = mapped_column(String(16))
+    seq: Mapped[int] = mapped_column(Integer, default=0)
+    comment: Mapped[str | None] = mapped_column(Text)
+    source: Mapped[str | None] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ConsensusLabel(Base):
+    """A version of a core's consensus. A change of outcome adds a row and marks it current."""
+
+    __tablename__ = "consensus_labels"
+    __table_args__ = (
+        CheckConstraint(f"status IN {_in(LABEL_STATUSES)}", name="status"),
+        UniqueConstraint("core_id", "version"),
+        Index("ix_consensus_labels_current", "core_id", "is_current"),
+    )
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    core_id: Mapped[int] = mapped_column(ForeignKey("cores.id"))
+    version: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(24))
+    score: Mapped[int | None] = mapped_column(Integer)
+    n_votes: Mapped[int] = mapped_column(Integer)
+    agreement: Mapped[float | None] = mapped_column(Float)
+    is_current: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Split(Base):
+    """A named patient-level split. ``frozen_at`` is set once a model has trained on it."""
+
+    __tablename__ = "splits"
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    seed: Mapped[int] = mapped_column(Integer)
+    ratios: Mapped[dict[str, float]] = mapped_column(JSON)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    frozen_at: Mapped[datetime | None] = mapped_column()
+    frozen_reason: Mapped[str | None] = mapped_column(Text)
+
+
+class SplitAssignment(Base):
+    """Patient -> partition; the primary key makes one partition per patient per split."""
+
+    __tablename__ = "split_assignments"
+    __table_args__ = (CheckConstraint(f"partition IN {_in(PARTITIONS)}", name="partition"),)
+    split_id: Mapped[int] = mapped_column(ForeignKey("splits.id"), primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), primary_key=True)
+    partition: Mapped[str] = mapped_column(String(8))
+    stratum: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AuditEvent(Base):
+    """Who did what, when. Written in the same transaction as the change it records."""
+
+    __tablename__ = "audit_events"
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    actor_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    entity: Mapped[str] = mapped_column(String(64))
+    entity_key: Mapped[str | None] = mapped_column(String(256))
+    details: Mapped[dict[str, object] | None] = mapped_column(JSON)
