@@ -64,7 +64,7 @@ def pg_template() -> Iterator[str | None]:
     """Name of a migrated PostgreSQL template database, or None (skip) when unreachable."""
     try:
         conn = _pg_admin_conn()
-    except Exception as exc:  # noqa: BLE001 - any failure to connect means "no PostgreSQL"
+    except Exception as exc:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"CI=true but PostgreSQL is unreachable at {PG_ADMIN_URL}: {exc}")
         yield None
@@ -124,7 +124,7 @@ def blank_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         return
     try:
         conn = _pg_admin_conn()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"CI=true but PostgreSQL is unreachable at {PG_ADMIN_URL}: {exc}")
         pytest.skip(f"PostgreSQL unreachable at {PG_ADMIN_URL}: {exc}")

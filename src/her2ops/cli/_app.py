@@ -77,7 +77,9 @@ def db_session() -> Iterator[Any]:
         else:
             rev = migrate.current(url)
             if rev != migrate.head():
-                fail(f"database at HER2OPS_DATABASE_URL is at revision {rev or 'none'}, the code "
-                     f"expects {migrate.head()}: run 'her2ops db upgrade'")
+                fail(
+                    f"database at HER2OPS_DATABASE_URL is at revision {rev or 'none'}, the code "
+                    f"expects {migrate.head()}: run 'her2ops db upgrade'"
+                )
         with session_scope(url) as session:
             yield session

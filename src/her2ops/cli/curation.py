@@ -95,8 +95,10 @@ def users_list(json_out: JsonOpt = False) -> None:
     from her2ops.platform.schema import User
 
     with db_session() as s:
-        rows = [{"username": u.username, "role": u.role, "active": u.active}
-                for u in s.scalars(select(User).order_by(User.username))]
+        rows = [
+            {"username": u.username, "role": u.role, "active": u.active}
+            for u in s.scalars(select(User).order_by(User.username))
+        ]
     if json_out:
         emit_json(rows)
     else:
@@ -109,8 +111,13 @@ def users_list(json_out: JsonOpt = False) -> None:
 
 @app.command("ingest")
 def ingest(
-    manifest: Annotated[Path, typer.Argument(help="CSV: patient, core, image[, slide, row, col, "
-                                                  "site]; image paths relative to the CSV.")],
+    manifest: Annotated[
+        Path,
+        typer.Argument(
+            help="CSV: patient, core, image[, slide, row, col, "
+            "site]; image paths relative to the CSV."
+        ),
+    ],
     skip_invalid: Annotated[
         bool, typer.Option("--skip-invalid", help="Load the good rows, report the bad ones.")
     ] = False,
@@ -124,22 +131,32 @@ def ingest(
     from her2ops.platform.curation import ingest_manifest
 
     settings = get_settings()
-    store = CoreStore(settings.resolved_store_dir, jpeg_quality=settings.store_jpeg_quality,
-                      lossless=settings.store_lossless)
+    store = CoreStore(
+        settings.resolved_store_dir,
+        jpeg_quality=settings.store_jpeg_quality,
+        lossless=settings.store_lossless,
+    )
 
     def bar(items: Any) -> Any:
-        return tqdm(items, desc="validating images", unit="core", disable=json_out,
-                    file=sys.stderr)
+        return tqdm(items, desc="validating images", unit="core", disable=json_out, file=sys.stderr)
 
     with db_session() as s:
-        report = ingest_manifest(s, actor=actor(), manifest=manifest, store=store,
-                                 max_pixels=settings.max_image_pixels,
-                                 skip_invalid=skip_invalid, progress=bar)
+        report = ingest_manifest(
+            s,
+            actor=actor(),
+            manifest=manifest,
+            store=store,
+            max_pixels=settings.max_image_pixels,
+            skip_invalid=skip_invalid,
+            progress=bar,
+        )
     if json_out:
         emit_json(report.to_dict())
         return
-    typer.echo(f"ingested {len(report.added)} core(s), {report.new_patients} new patient(s); "
-               f"{len(report.already_present)} already present")
+    typer.echo(
+        f"ingested {len(report.added)} core(s), {report.new_patients} new patient(s); "
+        f"{len(report.already_present)} already present"
+    )
     for core, conversion in report.conversions.items():
         typer.echo(f"  {core}: converted {conversion}")
     _print_row_errors(str(manifest), report.skipped)
@@ -147,8 +164,13 @@ def ingest(
 
 @votes_app.command("import")
 def votes_import(
-    path: Annotated[Path, typer.Argument(help="CSV: core, pathologist, score[, round, comment]; "
-                                              "scores 0, 1+, 2+, 3+, ND (or 0-3).")],
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="CSV: core, pathologist, score[, round, comment]; "
+            "scores 0, 1+, 2+, 3+, ND (or 0-3)."
+        ),
+    ],
     skip_invalid: Annotated[
         bool, typer.Option("--skip-invalid", help="Load the good rows, report the bad ones.")
     ] = False,
@@ -162,8 +184,10 @@ def votes_import(
     if json_out:
         emit_json(report.to_dict())
         return
-    typer.echo(f"imported {report.added} vote(s) on {report.cores_touched} core(s); "
-               f"{report.unchanged} already recorded")
+    typer.echo(
+        f"imported {report.added} vote(s) on {report.cores_touched} core(s); "
+        f"{report.unchanged} already recorded"
+    )
     _print_row_errors(str(path), report.skipped)
 
 
@@ -172,7 +196,8 @@ def votes_cast(
     core: Annotated[str, typer.Argument(help="Core code.")],
     score: Annotated[str, typer.Argument(help="0, 1+, 2+, 3+ or ND.")],
     round_: Annotated[str, typer.Option("--round", help="initial, adjudication or review.")] = (
-        "review"),
+        "review"
+    ),
     comment: Annotated[str | None, typer.Option(help="Free text.")] = None,
 ) -> None:
     """Cast one vote as the acting pathologist."""
@@ -193,8 +218,7 @@ def consensus(
     from her2ops.platform.consensus import apply_consensus
 
     with db_session() as s:
-        report = apply_consensus(s, actor=actor(), all_cores=all_cores,
-                                 min_agreement=min_agreement)
+        report = apply_consensus(s, actor=actor(), all_cores=all_cores, min_agreement=min_agreement)
     if json_out:
         emit_json(report.to_dict())
         return
@@ -204,17 +228,26 @@ def consensus(
 
 
 @labels_app.command("history")
-def labels_history(core: Annotated[str, typer.Argument(help="Core code.")],
-                   json_out: JsonOpt = False) -> None:
+def labels_history(
+    core: Annotated[str, typer.Argument(help="Core code.")], json_out: JsonOpt = False
+) -> None:
     """Every version of a core's consensus label."""
     from her2ops.platform.consensus import label_history
     from her2ops.scores import SCORE_LABELS
 
     with db_session() as s:
-        rows = [{"version": r.version, "status": r.status,
-                 "score": SCORE_LABELS[r.score] if r.score is not None else None,
-                 "n_votes": r.n_votes, "agreement": r.agreement, "current": r.is_current,
-                 "at": r.created_at.isoformat()} for r in label_history(s, core)]
+        rows = [
+            {
+                "version": r.version,
+                "status": r.status,
+                "score": SCORE_LABELS[r.score] if r.score is not None else None,
+                "n_votes": r.n_votes,
+                "agreement": r.agreement,
+                "current": r.is_current,
+                "at": r.created_at.isoformat(),
+            }
+            for r in label_history(s, core)
+        ]
     if not rows:
         fail(f"no labels for core {core!r}")
     if json_out:
@@ -222,8 +255,10 @@ def labels_history(core: Annotated[str, typer.Argument(help="Core code.")],
         return
     for r in rows:
         mark = "*" if r["current"] else " "
-        typer.echo(f"{mark} v{r['version']} {r['status']:<20} {r['score'] or '-':<3} "
-                   f"votes={r['n_votes']} {r['at']}")
+        typer.echo(
+            f"{mark} v{r['version']} {r['status']:<20} {r['score'] or '-':<3} "
+            f"votes={r['n_votes']} {r['at']}"
+        )
 
 
 @labels_app.command("export")
@@ -265,7 +300,8 @@ def split_create(
     seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same split.")],
     ratios: Annotated[str, typer.Option(help="train,val,test fractions.")] = "0.7,0.1,0.2",
     replace: Annotated[bool, typer.Option("--replace", help="Recreate an unfrozen split.")] = (
-        False),
+        False
+    ),
     json_out: JsonOpt = False,
 ) -> None:
     """Assign every patient to train/val/test, stratified by their highest consensus score."""
@@ -281,8 +317,9 @@ def split_create(
 
 
 @split_app.command("extend")
-def split_extend(name: Annotated[str, typer.Argument(help="Split name.")],
-                 json_out: JsonOpt = False) -> None:
+def split_extend(
+    name: Annotated[str, typer.Argument(help="Split name.")], json_out: JsonOpt = False
+) -> None:
     """Assign patients not yet in the split; never moves anyone (allowed on frozen splits)."""
     from her2ops.platform.splits import extend_split, show_split
 
@@ -295,8 +332,9 @@ def split_extend(name: Annotated[str, typer.Argument(help="Split name.")],
 
 
 @split_app.command("show")
-def split_show(name: Annotated[str, typer.Argument(help="Split name.")],
-               json_out: JsonOpt = False) -> None:
+def split_show(
+    name: Annotated[str, typer.Argument(help="Split name.")], json_out: JsonOpt = False
+) -> None:
     """Sizes and class balance of a split, by patient and by labelled core."""
     from her2ops.platform.splits import show_split
 
@@ -310,19 +348,24 @@ def _print_split(info: dict[str, Any], json_out: bool) -> None:
         emit_json(info)
         return
     frozen = f"frozen: {info['frozen_reason']}" if info["frozen"] else "not frozen"
-    typer.echo(f"split {info['name']} (seed {info['seed']}, {frozen}): {info['patients']} "
-               f"patients, {info['unassigned_patients']} unassigned")
+    typer.echo(
+        f"split {info['name']} (seed {info['seed']}, {frozen}): {info['patients']} "
+        f"patients, {info['unassigned_patients']} unassigned"
+    )
     for unit in ("by_patient", "by_core"):
         bal = info[unit]
         if not bal:
             continue
         classes = list(bal["overall"]["counts"])
-        typer.echo(f"  {unit.replace('_', ' ')}: " + "  ".join(
-            f"{c}={bal['overall']['proportions'][c]:.1%}" for c in classes))
+        typer.echo(
+            f"  {unit.replace('_', ' ')}: "
+            + "  ".join(f"{c}={bal['overall']['proportions'][c]:.1%}" for c in classes)
+        )
         for part, p in bal["partitions"].items():
             props = "  ".join(f"{c}={p['proportions'][c]:.1%}" for c in classes)
-            typer.echo(f"    {part:<6} n={p['n']:<6} {props}  "
-                       f"(max dev {p['max_deviation_pp']:.1f} pp)")
+            typer.echo(
+                f"    {part:<6} n={p['n']:<6} {props}  (max dev {p['max_deviation_pp']:.1f} pp)"
+            )
 
 
 @app.command("stats")

@@ -56,7 +56,7 @@ def apply_consensus(
     core_q = select(Core.id, Core.code)
     if not all_cores:
         core_q = core_q.where(Core.needs_consensus.is_(True))
-    cores = dict(session.execute(core_q).tuples().all())
+    cores = dict(session.execute(core_q).all())
     report = ConsensusReport(evaluated=len(cores))
     if not cores:
         return report
@@ -67,21 +67,32 @@ def apply_consensus(
     for i in range(0, len(ids), CHUNK):
         chunk = ids[i : i + CHUNK]
         q = (
-            select(VoteRow.core_id, User.username, VoteRow.score, VoteRow.round,
-                   VoteRow.created_at, VoteRow.id)
+            select(
+                VoteRow.core_id,
+                User.username,
+                VoteRow.score,
+                VoteRow.round,
+                VoteRow.created_at,
+                VoteRow.id,
+            )
             .join(User, User.id == VoteRow.user_id)
             .where(VoteRow.core_id.in_(chunk))
         )
-        for core_id, username, score, rnd, at, vote_id in session.execute(q):
-            votes[core_id].append(
-                Vote(voter=username, score=parse_vote(score), round=Round(rnd), at=at,
-                     order=vote_id)
+        for vcore, username, vscore, rnd, at, vote_id in session.execute(q):
+            votes[vcore].append(
+                Vote(
+                    voter=username, score=parse_vote(vscore), round=Round(rnd), at=at, order=vote_id
+                )
             )
-        lq = select(ConsensusLabel.core_id, ConsensusLabel.id, ConsensusLabel.version,
-                    ConsensusLabel.status, ConsensusLabel.score).where(
-            ConsensusLabel.core_id.in_(chunk), ConsensusLabel.is_current.is_(True))
-        for core_id, label_id, version, status, score in session.execute(lq):
-            current[core_id] = (label_id, version, status, score)
+        lq = select(
+            ConsensusLabel.core_id,
+            ConsensusLabel.id,
+            ConsensusLabel.version,
+            ConsensusLabel.status,
+            ConsensusLabel.score,
+        ).where(ConsensusLabel.core_id.in_(chunk), ConsensusLabel.is_current.is_(True))
+        for lcore, label_id, version, lstatus, lscore in session.execute(lq):
+            current[lcore] = (label_id, version, lstatus, lscore)
 
     now = utcnow()
     new_rows: list[dict[str, object]] = []
@@ -96,34 +107,63 @@ def apply_consensus(
             continue
         if prior is not None:
             retire.append(prior[0])
-        new_rows.append({
-            "core_id": core_id, "version": (prior[1] + 1) if prior else 1,
-            "status": res.status.value, "score": score, "n_votes": res.n_votes,
-            "agreement": res.agreement, "is_current": True, "created_at": now,
-        })
-        report.changed.append(LabelChange(cores[core_id], prior[2] if prior else None,
-                                          prior[3] if prior else None, res.status.value, score))
+        new_rows.append(
+            {
+                "core_id": core_id,
+                "version": (prior[1] + 1) if prior else 1,
+                "status": res.status.value,
+                "score": score,
+                "n_votes": res.n_votes,
+                "agreement": res.agreement,
+                "is_current": True,
+                "created_at": now,
+            }
+        )
+        report.changed.append(
+            LabelChange(
+                cores[core_id],
+                prior[2] if prior else None,
+                prior[3] if prior else None,
+                res.status.value,
+                score,
+            )
+        )
     for i in range(0, len(retire), CHUNK):
-        session.execute(update(ConsensusLabel)
-                        .where(ConsensusLabel.id.in_(retire[i : i + CHUNK]))
-                        .values(is_current=False))
+        session.execute(
+            update(ConsensusLabel)
+            .where(ConsensusLabel.id.in_(retire[i : i + CHUNK]))
+            .values(is_current=False)
+        )
     if new_rows:
         session.execute(insert(ConsensusLabel), new_rows)
     for i in range(0, len(ids), CHUNK):
-        session.execute(update(Core).where(Core.id.in_(ids[i : i + CHUNK]))
-                        .values(needs_consensus=False))
+        session.execute(
+            update(Core).where(Core.id.in_(ids[i : i + CHUNK])).values(needs_consensus=False)
+        )
     report.by_status = dict(sorted(counts.items()))
     if report.changed:
-        audit.record(session, actor=actor_user, action="consensus.apply", entity="labels",
-                     details={"evaluated": report.evaluated, "changed": len(report.changed),
-                              "by_status": report.by_status,
-                              "cores": [c.core for c in report.changed[:1000]]})
+        audit.record(
+            session,
+            actor=actor_user,
+            action="consensus.apply",
+            entity="labels",
+            details={
+                "evaluated": report.evaluated,
+                "changed": len(report.changed),
+                "by_status": report.by_status,
+                "cores": [c.core for c in report.changed[:1000]],
+            },
+        )
     return report
 
 
 def label_history(session: Session, core: str) -> list[ConsensusLabel]:
     """Every version of a core's label, oldest first."""
-    return list(session.scalars(
-        select(ConsensusLabel).join(Core, Core.id == ConsensusLabel.core_id)
-        .where(Core.code == core).order_by(ConsensusLabel.version)
-    ))
+    return list(
+        session.scalars(
+            select(ConsensusLabel)
+            .join(Core, Core.id == ConsensusLabel.core_id)
+            .where(Core.code == core)
+            .order_by(ConsensusLabel.version)
+        )
+    )

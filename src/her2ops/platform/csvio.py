@@ -46,8 +46,13 @@ def read_csv(path: Path, *, required: tuple[str, ...], optional: tuple[str, ...]
             if unknown:
                 raise ImportRejected(
                     str(path),
-                    [RowError(1, f"unknown column(s) {', '.join(unknown)}; "
-                                 f"expected {', '.join(required + optional)}")],
+                    [
+                        RowError(
+                            1,
+                            f"unknown column(s) {', '.join(unknown)}; "
+                            f"expected {', '.join(required + optional)}",
+                        )
+                    ],
                 )
             reader.fieldnames = header
             return list(_rows(reader))

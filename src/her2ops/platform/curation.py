@@ -158,25 +158,36 @@ def ingest_manifest(
             errors.append(parsed)
             continue
         if parsed.core in seen_core:
-            errors.append(RowError(row.line, f"duplicate core code (also on line "
-                                              f"{seen_core[parsed.core]})", parsed.core))
+            errors.append(
+                RowError(
+                    row.line,
+                    f"duplicate core code (also on line {seen_core[parsed.core]})",
+                    parsed.core,
+                )
+            )
             continue
         seen_core[parsed.core] = row.line
         prior = seen_patient_site.get(parsed.patient)
         if prior and parsed.site and prior[0] and prior[0] != parsed.site:
-            errors.append(RowError(row.line, f"patient {parsed.patient} has site {parsed.site!r} "
-                                             f"here but {prior[0]!r} on line {prior[1]}",
-                                   parsed.core))
+            errors.append(
+                RowError(
+                    row.line,
+                    f"patient {parsed.patient} has site {parsed.site!r} "
+                    f"here but {prior[0]!r} on line {prior[1]}",
+                    parsed.core,
+                )
+            )
             continue
         if parsed.site or not prior:
-            seen_patient_site[parsed.patient] = (parsed.site or (prior[0] if prior else None),
-                                                 row.line)
+            seen_patient_site[parsed.patient] = (
+                parsed.site or (prior[0] if prior else None),
+                row.line,
+            )
         candidates.append(parsed)
 
     # What the database already holds for these codes.
     existing_cores = {
-        c.code: c
-        for c in _in_chunks(session, Core, Core.code, [c.core for c in candidates])
+        c.code: c for c in _in_chunks(session, Core, Core.code, [c.core for c in candidates])
     }
     existing_patients = {
         p.code: p
@@ -195,8 +206,13 @@ def ingest_manifest(
         sha = cand.info.sha256
         if sha in seen_sha:
             other = seen_sha[sha]
-            errors.append(RowError(cand.row.line, f"same image as core {other.core} on line "
-                                                  f"{other.row.line}", cand.core))
+            errors.append(
+                RowError(
+                    cand.row.line,
+                    f"same image as core {other.core} on line {other.row.line}",
+                    cand.core,
+                )
+            )
             continue
         seen_sha[sha] = cand
         valid.append(cand)
@@ -212,19 +228,33 @@ def ingest_manifest(
                 report.already_present.append(cand.core)
             else:
                 what = "image" if existing.sha256 != cand.info.sha256 else "patient"
-                errors.append(RowError(cand.row.line, f"duplicate core code: already ingested "
-                                                      f"with a different {what}", cand.core))
+                errors.append(
+                    RowError(
+                        cand.row.line,
+                        f"duplicate core code: already ingested with a different {what}",
+                        cand.core,
+                    )
+                )
             continue
         holder = by_sha.get(cand.info.sha256)
         if holder is not None:
-            errors.append(RowError(cand.row.line, f"same image as core {holder.code}, already "
-                                                  "ingested", cand.core))
+            errors.append(
+                RowError(
+                    cand.row.line, f"same image as core {holder.code}, already ingested", cand.core
+                )
+            )
             continue
         patient = existing_patients.get(cand.patient)
         if patient is not None and cand.site and patient.site and patient.site != cand.site:
-            errors.append(RowError(cand.row.line, f"patient {cand.patient} has site "
-                                                  f"{cand.site!r} here but {patient.site!r} "
-                                                  "in the database", cand.core))
+            errors.append(
+                RowError(
+                    cand.row.line,
+                    f"patient {cand.patient} has site "
+                    f"{cand.site!r} here but {patient.site!r} "
+                    "in the database",
+                    cand.core,
+                )
+            )
             continue
         to_add.append(cand)
 
@@ -235,16 +265,19 @@ def ingest_manifest(
     for cand in to_add:
         assert cand.info is not None
         try:
-            stored[cand.core] = store.put(cand.image, max_pixels=max_pixels,
-                                          sha256=cand.info.sha256).location
+            stored[cand.core] = store.put(
+                cand.image, max_pixels=max_pixels, sha256=cand.info.sha256
+            ).location
         except (StoreError, ImageError) as exc:
             errors.append(RowError(cand.row.line, f"could not store image: {exc}", cand.core))
     if errors and not skip_invalid:
         raise ImportRejected(str(manifest), sorted(errors, key=lambda e: e.line))
     report.skipped = sorted(errors, key=lambda e: e.line)
 
-    slides = {s.code: s for s in _in_chunks(session, Slide, Slide.code,
-                                            [c.slide for c in to_add if c.slide])}
+    slides = {
+        s.code: s
+        for s in _in_chunks(session, Slide, Slide.code, [c.slide for c in to_add if c.slide])
+    }
     for cand in to_add:
         if cand.core not in stored:
             continue

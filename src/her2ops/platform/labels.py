@@ -25,30 +25,39 @@ def export_rows(session: Session, *, split: str | None = None) -> list[dict[str,
     labels = {
         core_id: (status, score, agreement)
         for core_id, status, score, agreement in session.execute(
-            select(ConsensusLabel.core_id, ConsensusLabel.status, ConsensusLabel.score,
-                   ConsensusLabel.agreement).where(ConsensusLabel.is_current.is_(True)))
+            select(
+                ConsensusLabel.core_id,
+                ConsensusLabel.status,
+                ConsensusLabel.score,
+                ConsensusLabel.agreement,
+            ).where(ConsensusLabel.is_current.is_(True))
+        )
     }
     votes: dict[int, list[str]] = defaultdict(list)
-    for core_id, username, score, rnd in session.execute(
+    for vcore, username, vscore, rnd in session.execute(
         select(Vote.core_id, User.username, Vote.score, Vote.round)
-        .join(User, User.id == Vote.user_id).order_by(Vote.id)
+        .join(User, User.id == Vote.user_id)
+        .order_by(Vote.id)
     ):
-        votes[core_id].append(f"{username}:{score}" + ("" if rnd == "initial" else f"@{rnd}"))
+        votes[vcore].append(f"{username}:{vscore}" + ("" if rnd == "initial" else f"@{rnd}"))
     rows = []
     for core_id, code, patient_id, patient in session.execute(
         select(Core.id, Core.code, Core.patient_id, Patient.code)
-        .join(Patient, Patient.id == Core.patient_id).order_by(Core.code)
+        .join(Patient, Patient.id == Core.patient_id)
+        .order_by(Core.code)
     ):
-        status, score, agreement = labels.get(core_id, ("unlabelled", None, None))
-        rows.append({
-            "core": code,
-            "patient": patient,
-            "partition": parts.get(patient_id, "") if split else "",
-            "score": SCORE_LABELS[score] if score is not None else "",
-            "status": status,
-            "votes": ";".join(votes.get(core_id, [])),
-            "agreement": round(agreement, 4) if agreement is not None else "",
-        })
+        status, score, agreement = labels.get(core_id) or ("unlabelled", None, None)
+        rows.append(
+            {
+                "core": code,
+                "patient": patient,
+                "partition": parts.get(patient_id, "") if split else "",
+                "score": SCORE_LABELS[score] if score is not None else "",
+                "status": status,
+                "votes": ";".join(votes.get(core_id, [])),
+                "agreement": round(agreement, 4) if agreement is not None else "",
+            }
+        )
     return rows
 
 
@@ -71,14 +80,16 @@ def label_snapshot(session: Session, split: str) -> tuple[list[SnapshotItem], st
     q = (
         select(Core.code, Core.sha256, Core.store_location, Core.patient_id, ConsensusLabel.score)
         .join(ConsensusLabel, ConsensusLabel.core_id == Core.id)
-        .where(ConsensusLabel.is_current.is_(True),
-               ConsensusLabel.status.in_(("agreed", "adjudicated")))
+        .where(
+            ConsensusLabel.is_current.is_(True),
+            ConsensusLabel.status.in_(("agreed", "adjudicated")),
+        )
         .order_by(Core.code)
     )
     items = [
         SnapshotItem(code, sha, loc or "", int(score), parts[pid])
         for code, sha, loc, pid, score in session.execute(q)
-        if pid in parts
+        if pid in parts and score is not None
     ]
     digest = hashlib.sha256(
         json.dumps([[i.core, i.sha256, i.label, i.partition] for i in items]).encode()
@@ -91,11 +102,13 @@ def stats_summary(session: Session) -> dict[str, Any]:
     votes: dict[str, dict[str, int | None]] = defaultdict(dict)
     q = (
         select(Core.code, User.username, Vote.score)
-        .join(Core, Core.id == Vote.core_id).join(User, User.id == Vote.user_id)
-        .where(Vote.round == "initial").order_by(Vote.id)
+        .join(Core, Core.id == Vote.core_id)
+        .join(User, User.id == Vote.user_id)
+        .where(Vote.round == "initial")
+        .order_by(Vote.id)
     )
-    for code, username, score in session.execute(q):
-        parsed = parse_vote(score)
+    for code, username, vote_text in session.execute(q):
+        parsed = parse_vote(vote_text)
         votes[code][username] = None if parsed is None else int(parsed)
     consensus: dict[str, int] = {}
     status_counts: Counter[str] = Counter()

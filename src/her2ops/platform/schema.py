@@ -128,8 +128,9 @@ class Vote(Base):
     __table_args__ = (
         CheckConstraint(f"score IN {_in(VOTE_SCORES)}", name="score"),
         CheckConstraint(f"round IN {_in(VOTE_ROUNDS)}", name="round"),
-        CheckConstraint("(round = 'review' AND seq >= 1) OR (round <> 'review' AND seq = 0)",
-                        name="seq"),
+        CheckConstraint(
+            "(round = 'review' AND seq >= 1) OR (round <> 'review' AND seq = 0)", name="seq"
+        ),
         UniqueConstraint("core_id", "user_id", "round", "seq"),
     )
     id: Mapped[int] = mapped_column(IdType, primary_key=True)

@@ -44,12 +44,13 @@ def labelled_core_scores(session: Session) -> dict[int, list[tuple[int, int]]]:
     )
     out: dict[int, list[tuple[int, int]]] = defaultdict(list)
     for patient_id, core_id, score in session.execute(q):
-        out[patient_id].append((core_id, int(score)))
+        if score is not None:
+            out[patient_id].append((core_id, int(score)))
     return out
 
 
 def _strata(session: Session) -> tuple[dict[str, int | None], dict[str, list[int]], dict[str, int]]:
-    patients = dict(session.execute(select(Patient.code, Patient.id)).tuples().all())
+    patients = dict(session.execute(select(Patient.code, Patient.id)).all())
     labelled = labelled_core_scores(session)
     strata: dict[str, int | None] = {}
     core_scores: dict[str, list[int]] = {}
@@ -83,8 +84,10 @@ def create_split(
     existing = session.scalar(select(Split).where(Split.name == name))
     if existing is not None:
         if existing.frozen_at is not None:
-            raise Conflict(f"split {name!r} is frozen ({existing.frozen_reason}); it cannot be "
-                           "recreated or changed, only extended (her2ops split extend)")
+            raise Conflict(
+                f"split {name!r} is frozen ({existing.frozen_reason}); it cannot be "
+                "recreated or changed, only extended (her2ops split extend)"
+            )
         if not replace:
             raise Conflict(f"split {name!r} exists; pass --replace to recreate it")
         session.execute(delete(SplitAssignment).where(SplitAssignment.split_id == existing.id))
@@ -96,15 +99,24 @@ def create_split(
     session.add(split)
     session.flush()
     rows = [
-        {"split_id": split.id, "patient_id": ids[code], "partition": part,
-         "stratum": strata[code]}
+        {"split_id": split.id, "patient_id": ids[code], "partition": part, "stratum": strata[code]}
         for code, part in assignment.items()
     ]
     if rows:
         session.execute(insert(SplitAssignment), rows)
-    audit.record(session, actor=user, action="splits.create", entity="split", key=name,
-                 details={"seed": seed, "ratios": ratios, "patients": len(rows),
-                          "replaced": existing is not None})
+    audit.record(
+        session,
+        actor=user,
+        action="splits.create",
+        entity="split",
+        key=name,
+        details={
+            "seed": seed,
+            "ratios": ratios,
+            "patients": len(rows),
+            "replaced": existing is not None,
+        },
+    )
     return split
 
 
@@ -117,21 +129,36 @@ def extend_split(session: Session, *, actor: str | None, name: str) -> dict[str,
     existing = {
         code_of[pid]: part
         for pid, part in session.execute(
-            select(SplitAssignment.patient_id, SplitAssignment.partition)
-            .where(SplitAssignment.split_id == split.id)
+            select(SplitAssignment.patient_id, SplitAssignment.partition).where(
+                SplitAssignment.split_id == split.id
+            )
         )
     }
     new = {c: s for c, s in strata.items() if c not in existing}
-    added = extend_assignment(existing, new, split.ratios, split.seed,
-                              existing_strata={c: strata[c] for c in existing},
-                              core_scores=core_scores)
+    added = extend_assignment(
+        existing,
+        new,
+        split.ratios,
+        split.seed,
+        existing_strata={c: strata[c] for c in existing},
+        core_scores=core_scores,
+    )
     if added:
-        session.execute(insert(SplitAssignment), [
-            {"split_id": split.id, "patient_id": ids[c], "partition": p, "stratum": strata[c]}
-            for c, p in added.items()
-        ])
-        audit.record(session, actor=user, action="splits.extend", entity="split", key=name,
-                     details={"added": len(added)})
+        session.execute(
+            insert(SplitAssignment),
+            [
+                {"split_id": split.id, "patient_id": ids[c], "partition": p, "stratum": strata[c]}
+                for c, p in added.items()
+            ],
+        )
+        audit.record(
+            session,
+            actor=user,
+            action="splits.extend",
+            entity="split",
+            key=name,
+            details={"added": len(added)},
+        )
     return added
 
 
@@ -141,17 +168,27 @@ def freeze_split(session: Session, *, name: str, reason: str) -> Split:
     if split.frozen_at is None:
         split.frozen_at = utcnow()
         split.frozen_reason = reason
-        audit.record(session, actor=None, action="splits.freeze", entity="split", key=name,
-                     details={"reason": reason})
+        audit.record(
+            session,
+            actor=None,
+            action="splits.freeze",
+            entity="split",
+            key=name,
+            details={"reason": reason},
+        )
     return split
 
 
 def patient_partitions(session: Session, name: str) -> dict[int, str]:
     """patient id -> partition for a split."""
     split = get_split(session, name)
-    return dict(session.execute(
-        select(SplitAssignment.patient_id, SplitAssignment.partition)
-        .where(SplitAssignment.split_id == split.id)).tuples().all())
+    return dict(
+        session.execute(
+            select(SplitAssignment.patient_id, SplitAssignment.partition).where(
+                SplitAssignment.split_id == split.id
+            )
+        ).all()
+    )
 
 
 def show_split(session: Session, name: str) -> dict[str, Any]:

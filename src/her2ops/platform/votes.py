@@ -49,7 +49,9 @@ def _id_map(session: Session, codes: set[str]) -> dict[str, int]:
     ordered = sorted(codes)
     for i in range(0, len(ordered), CHUNK):
         chunk = ordered[i : i + CHUNK]
-        out.update(dict(session.execute(select(Core.code, Core.id).where(Core.code.in_(chunk))).tuples().all()))
+        out.update(
+            dict(session.execute(select(Core.code, Core.id).where(Core.code.in_(chunk))).all())
+        )
     return out
 
 
@@ -65,10 +67,7 @@ def import_votes(
     errors: list[RowError] = []
 
     core_ids = _id_map(session, {r.get("core") for r in rows})
-    users = {
-        u.username: (u.id, u.role, u.active)
-        for u in session.scalars(select(User))
-    }
+    users = {u.username: (u.id, u.role, u.active) for u in session.scalars(select(User))}
 
     # What is already recorded for these cores: (core, user, round) -> score for the rounds that
     # allow one vote, the highest review seq per (core, user), and the sources already imported.
@@ -77,13 +76,14 @@ def import_votes(
     sources: set[str] = set()
     ids = sorted(set(core_ids.values()))
     for i in range(0, len(ids), CHUNK):
-        q = select(Vote.core_id, Vote.user_id, Vote.round, Vote.seq, Vote.score, Vote.comment,
-                   Vote.source).where(Vote.core_id.in_(ids[i : i + CHUNK]))
-        for core_id, user_id, rnd, seq, score, comment, source in session.execute(q):
+        q = select(
+            Vote.core_id, Vote.user_id, Vote.round, Vote.seq, Vote.score, Vote.comment, Vote.source
+        ).where(Vote.core_id.in_(ids[i : i + CHUNK]))
+        for cid, uid, rnd, seq, prior_score, comment, source in session.execute(q):
             if rnd == "review":
-                review_seq[(core_id, user_id)] = max(review_seq[(core_id, user_id)], seq)
+                review_seq[(cid, uid)] = max(review_seq[(cid, uid)], seq)
             else:
-                recorded[(core_id, user_id, rnd)] = (score, comment)
+                recorded[(cid, uid, rnd)] = (prior_score, comment)
             if source:
                 sources.add(source)
 
@@ -126,9 +126,14 @@ def import_votes(
         else:
             vote_key = (core_id, user[0], rnd)
             if vote_key in in_file:
-                errors.append(RowError(row.line, f"duplicate vote: {who} already votes on {code} "
-                                                 f"in round {rnd} on line {in_file[vote_key]}",
-                                       key))
+                errors.append(
+                    RowError(
+                        row.line,
+                        f"duplicate vote: {who} already votes on {code} "
+                        f"in round {rnd} on line {in_file[vote_key]}",
+                        key,
+                    )
+                )
                 continue
             in_file[vote_key] = row.line
             prior = recorded.get(vote_key)
@@ -136,18 +141,28 @@ def import_votes(
                 if prior[0] == score:
                     report.unchanged += 1
                     continue
-                errors.append(RowError(
-                    row.line,
-                    f"duplicate vote: {who} already voted {prior[0]} on {code} in round {rnd}; "
-                    "votes are never overwritten (a changed opinion is a 'review' vote)",
-                    key,
-                ))
+                errors.append(
+                    RowError(
+                        row.line,
+                        f"duplicate vote: {who} already voted {prior[0]} on {code} in round {rnd}; "
+                        "votes are never overwritten (a changed opinion is a 'review' vote)",
+                        key,
+                    )
+                )
                 continue
             seq = 0
-        new_rows.append({
-            "core_id": core_id, "user_id": user[0], "score": score, "round": rnd, "seq": seq,
-            "comment": comment, "source": source, "created_at": now,
-        })
+        new_rows.append(
+            {
+                "core_id": core_id,
+                "user_id": user[0],
+                "score": score,
+                "round": rnd,
+                "seq": seq,
+                "comment": comment,
+                "source": source,
+                "created_at": now,
+            }
+        )
         touched.add(core_id)
 
     if errors and not skip_invalid:
@@ -156,10 +171,20 @@ def import_votes(
     if new_rows:
         session.execute(insert(Vote), new_rows)
         _mark_dirty(session, touched)
-        audit.record(session, actor=actor_user, action="votes.import", entity="votes",
-                     key=str(path), details={"sha256": digest, "added": len(new_rows),
-                                             "unchanged": report.unchanged,
-                                             "skipped": len(errors), "cores": len(touched)})
+        audit.record(
+            session,
+            actor=actor_user,
+            action="votes.import",
+            entity="votes",
+            key=str(path),
+            details={
+                "sha256": digest,
+                "added": len(new_rows),
+                "unchanged": report.unchanged,
+                "skipped": len(errors),
+                "cores": len(touched),
+            },
+        )
     report.added = len(new_rows)
     report.cores_touched = len(touched)
     return report
@@ -194,23 +219,40 @@ def cast_vote(
     seq = 0
     if round == "review":
         prev = session.scalars(
-            select(Vote.seq).where(Vote.core_id == core_row.id, Vote.user_id == user.id,
-                                   Vote.round == "review")
+            select(Vote.seq).where(
+                Vote.core_id == core_row.id, Vote.user_id == user.id, Vote.round == "review"
+            )
         ).all()
         seq = max(prev, default=0) + 1
     else:
         existing = session.scalar(
-            select(Vote).where(Vote.core_id == core_row.id, Vote.user_id == user.id,
-                               Vote.round == round)
+            select(Vote).where(
+                Vote.core_id == core_row.id, Vote.user_id == user.id, Vote.round == round
+            )
         )
         if existing is not None:
-            raise Conflict(f"{user.username} already voted {existing.score} on {core} in round "
-                           f"{round}; votes are never overwritten (cast a 'review' vote)")
-    vote = Vote(core_id=core_row.id, user_id=user.id, score=text, round=round, seq=seq,
-                comment=comment, source=source)
+            raise Conflict(
+                f"{user.username} already voted {existing.score} on {core} in round "
+                f"{round}; votes are never overwritten (cast a 'review' vote)"
+            )
+    vote = Vote(
+        core_id=core_row.id,
+        user_id=user.id,
+        score=text,
+        round=round,
+        seq=seq,
+        comment=comment,
+        source=source,
+    )
     session.add(vote)
     _mark_dirty(session, {core_row.id})
     session.flush()
-    audit.record(session, actor=user, action="votes.cast", entity="core", key=core,
-                 details={"score": text, "round": round, "vote_id": vote.id})
+    audit.record(
+        session,
+        actor=user,
+        action="votes.cast",
+        entity="core",
+        key=core,
+        details={"score": text, "round": round, "vote_id": vote.id},
+    )
     return vote

@@ -1,0 +1,102 @@
+"""Small factories for tests: images, manifests, vote files, users."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from her2ops.config import get_settings
+from her2ops.imaging.store import CoreStore
+from her2ops.platform.curation import add_user
+from her2ops.platform.db import session_scope
+
+
+def make_png(path: Path, seed: int, size: tuple[int, int] = (96, 80), mode: str = "RGB") -> Path:
+    """A distinct random image (distinct seeds give distinct bytes, hence distinct sha256)."""
+    rng = np.random.default_rng(seed)
+    arr = (rng.random((size[1], size[0], 3)) * 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).convert(mode).save(path)
+    return path
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def make_manifest(
+    folder: Path, n_cores: int, *, cores_per_patient: int = 2, seed0: int = 0, site: str = "site-A"
+) -> Path:
+    """A manifest of ``n_cores`` PNG cores in ``folder/img`` with relative image paths."""
+    rows = []
+    for i in range(n_cores):
+        make_png(folder / "img" / f"c{i + seed0}.png", seed=i + seed0)
+        rows.append(
+            (
+                f"P{(i + seed0) // cores_per_patient:04d}",
+                f"C{i + seed0:05d}",
+                f"img/c{i + seed0}.png",
+                site,
+            )
+        )
+    return write_csv(folder / "manifest.csv", ("patient", "core", "image", "site"), rows)
+
+
+def seed_users(pathologists: int = 3) -> list[str]:
+    """admin, lab manager 'lm', engineer 'eng' and pathologists p1..pN; returns pathologists."""
+    names = [f"p{i + 1}" for i in range(pathologists)]
+    with session_scope() as s:
+        add_user(s, actor=None, username="admin", role="admin")
+        add_user(s, actor="admin", username="lm", role="lab_manager")
+        add_user(s, actor="admin", username="eng", role="engineer")
+        for n in names:
+            add_user(s, actor="admin", username=n, role="pathologist")
+    return names
+
+
+def store() -> CoreStore:
+    return CoreStore(get_settings().resolved_store_dir)
+
+
+def insert_labelled_cores(n_patients: int, *, seed: int = 0, cores_per_patient: int = 2) -> None:
+    """Patients, cores (no images) and current 'agreed' labels, straight into the tables."""
+    from her2ops.platform.schema import ConsensusLabel, Core, Patient
+
+    rng = np.random.default_rng(seed)
+    with session_scope() as s:
+        for p in range(n_patients):
+            patient = Patient(code=f"Q{p:04d}", site="site-A")
+            s.add(patient)
+            s.flush()
+            for c in range(cores_per_patient):
+                core = Core(
+                    code=f"Q{p:04d}-{c}",
+                    patient_id=patient.id,
+                    source_path="-",
+                    sha256=f"{p:032d}{c:032d}",
+                    width=10,
+                    height=10,
+                )
+                s.add(core)
+                s.flush()
+                score = int(rng.choice(4, p=[0.17, 0.36, 0.21, 0.26]))
+                s.add(
+                    ConsensusLabel(
+                        core_id=core.id,
+                        version=1,
+                        status="agreed",
+                        score=score,
+                        n_votes=3,
+                        agreement=1.0,
+                        is_current=True,
+                    )
+                )

@@ -1,0 +1,121 @@
+"""Splits, label export and statistics against the database (both dialects)."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from her2ops.platform.db import session_scope
+from her2ops.platform.errors import AccessDenied, Conflict
+from her2ops.platform.labels import export_rows, label_snapshot
+from her2ops.platform.schema import Core, Patient, Split, SplitAssignment
+from her2ops.platform.splits import create_split, extend_split, freeze_split, show_split
+from tests.factories import insert_labelled_cores, seed_users
+
+RATIOS = {"train": 0.7, "val": 0.1, "test": 0.2}
+
+
+def _partitions_by_patient(split: str) -> dict[str, set[str]]:
+    """Partitions each patient's cores are in, read back through the cores table."""
+    with session_scope() as s:
+        rows = s.execute(
+            select(Patient.code, SplitAssignment.partition)
+            .join(Core, Core.patient_id == Patient.id)
+            .join(SplitAssignment, SplitAssignment.patient_id == Core.patient_id)
+            .join(Split, Split.id == SplitAssignment.split_id)
+            .where(Split.name == split)
+        ).all()
+    out: dict[str, set[str]] = {}
+    for code, part in rows:
+        out.setdefault(code, set()).add(part)
+    return out
+
+
+def test_split_create_is_deterministic_and_patient_level(db_url: str) -> None:
+    seed_users()
+    insert_labelled_cores(80)
+    with session_scope() as s:
+        create_split(s, actor="lm", name="a", seed=7, ratios=RATIOS)
+        create_split(s, actor="lm", name="b", seed=7, ratios=RATIOS)
+        create_split(s, actor="lm", name="c", seed=8, ratios=RATIOS)
+    with session_scope() as s:
+
+        def parts(name: str) -> dict[str, str]:
+            return {r.core: r.partition for r in map(_Row.of, export_rows(s, split=name))}
+
+        a, b, c = parts("a"), parts("b"), parts("c")
+        assert a == b and a != c
+        info = show_split(s, "a")
+    assert info["patients"] == 80
+    assert info["by_patient"]["max_deviation_pp"] < 10
+    sizes = {k: v["n"] for k, v in info["by_patient"]["partitions"].items()}
+    assert sizes == {"train": 56, "val": 8, "test": 16}
+    # every core of a patient is in the patient's one partition
+    for patient, partitions in _partitions_by_patient("a").items():
+        assert len(partitions) == 1, patient
+
+
+class _Row:
+    def __init__(self, core: str, partition: str):
+        self.core, self.partition = core, partition
+
+    @classmethod
+    def of(cls, row: dict[str, object]) -> _Row:
+        return cls(str(row["core"]), str(row["partition"]))
+
+
+def test_frozen_split_refuses_recreate_but_extends(db_url: str) -> None:
+    seed_users()
+    insert_labelled_cores(30)
+    with session_scope() as s:
+        create_split(s, actor="lm", name="main", seed=1, ratios=RATIOS)
+    with pytest.raises(Conflict, match="--replace"), session_scope() as s:
+        create_split(s, actor="lm", name="main", seed=2, ratios=RATIOS)
+    with session_scope() as s:
+        create_split(s, actor="lm", name="main", seed=2, ratios=RATIOS, replace=True)
+        freeze_split(s, name="main", reason="model her2-pss v1")
+    before = {r["core"]: r["partition"] for r in _export("main")}
+    with pytest.raises(Conflict, match="frozen"), session_scope() as s:
+        create_split(s, actor="lm", name="main", seed=3, ratios=RATIOS, replace=True)
+    with pytest.raises(AccessDenied), session_scope() as s:
+        extend_split(s, actor="p1", name="main")
+    # new patients arrive; extend assigns only them
+    with session_scope() as s:
+        for p in range(5):
+            patient = Patient(code=f"NEW{p}")
+            s.add(patient)
+            s.flush()
+            s.add(
+                Core(
+                    code=f"NEWC{p}",
+                    patient_id=patient.id,
+                    source_path="-",
+                    sha256=f"{'f' * 60}{p:04d}",
+                    width=1,
+                    height=1,
+                )
+            )
+    with session_scope() as s:
+        added = extend_split(s, actor="lm", name="main")
+    assert sorted(added) == [f"NEW{p}" for p in range(5)]
+    after = {r["core"]: r["partition"] for r in _export("main")}
+    assert all(after[c] == p for c, p in before.items())
+    assert all(after[f"NEWC{p}"] in RATIOS for p in range(5))
+    with session_scope() as s:
+        assert extend_split(s, actor="lm", name="main") == {}
+
+
+def _export(split: str) -> list[dict[str, object]]:
+    with session_scope() as s:
+        return export_rows(s, split=split)
+
+
+def test_label_snapshot_hash_tracks_labels(db_url: str) -> None:
+    seed_users()
+    insert_labelled_cores(20)
+    with session_scope() as s:
+        create_split(s, actor="lm", name="x", seed=1, ratios=RATIOS)
+        items, h1 = label_snapshot(s, "x")
+        _, h2 = label_snapshot(s, "x")
+    assert len(items) == 40 and h1 == h2
+    assert {i.partition for i in items} == {"train", "val", "test"}
