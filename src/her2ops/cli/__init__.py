@@ -8,6 +8,7 @@ from her2ops.cli._app import app
 from her2ops.cli import curation as _curation  # noqa: E402,F401
 from her2ops.cli import imaging as _imaging  # noqa: E402,F401
 from her2ops.cli import model as _model  # noqa: E402,F401
+from her2ops.cli import pipeline as _pipeline  # noqa: E402,F401
 from her2ops.cli import synth as _synth  # noqa: E402,F401
 
 

@@ -201,3 +201,54 @@ class AuditEvent(Base):
     entity: Mapped[str] = mapped_column(String(64))
     entity_key: Mapped[str | None] = mapped_column(String(256))
     details: Mapped[dict[str, object] | None] = mapped_column(JSON)
+
+
+class ModelVersion(Base):
+    """A registered model version, mirrored from the MLflow registry with its lineage.
+
+    ``(name, version)`` is MLflow's registered model name and version; ``run_id`` the MLflow run
+    that trained it. Lineage: the split, the hash of the exact label snapshot it was trained on,
+    the profile, and the code version.
+    """
+
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[int] = mapped_column(Integer)
+    run_id: Mapped[str] = mapped_column(String(64), unique=True)
+    profile: Mapped[str] = mapped_column(String(32))
+    split_id: Mapped[int] = mapped_column(ForeignKey("splits.id"))
+    label_snapshot_hash: Mapped[str] = mapped_column(String(64))
+    code_version: Mapped[str] = mapped_column(String(64))
+    aliases: Mapped[list[str]] = mapped_column(JSON, default=list)
+    metrics: Mapped[dict[str, object] | None] = mapped_column(JSON)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Prediction(Base):
+    """One core scored by one model version with the paper's protocol (N sets, top-k, seed).
+
+    ``kcs_probs`` are the averaged class probabilities of the k most confident sets;
+    ``set_probs`` every set's softmax output (N x 4), kept for review and re-analysis.
+    """
+
+    __tablename__ = "predictions"
+    __table_args__ = (
+        UniqueConstraint("core_id", "model_version_id", "n_sets", "top_k", "seed"),
+        CheckConstraint("final_score >= 0 AND final_score <= 3", name="final_score"),
+    )
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    core_id: Mapped[int] = mapped_column(ForeignKey("cores.id"), index=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    n_sets: Mapped[int] = mapped_column(Integer)
+    top_k: Mapped[int] = mapped_column(Integer)
+    seed: Mapped[int] = mapped_column(Integer)
+    confidence: Mapped[str] = mapped_column(String(16))
+    final_score: Mapped[int] = mapped_column(Integer)
+    kcs_probs: Mapped[list[float]] = mapped_column(JSON)
+    set_probs: Mapped[list[list[float]]] = mapped_column(JSON)
+    kcs_indices: Mapped[list[int]] = mapped_column(JSON)
+    seconds: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,211 @@
+"""Model commands that cross layers: train, score, evaluate, models list/promote."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from her2ops.cli._app import actor, app, db_session, domain_errors, emit_json
+
+models_app = typer.Typer(help="Registered model versions.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+DeviceOpt = Annotated[str | None, typer.Option(help="torch device (default: cuda if present).")]
+
+
+@app.command("train")
+def train(
+    split: Annotated[str, typer.Option(help="Split to train on (train + val partitions).")],
+    profile: Annotated[str, typer.Option(help="paper, demo or test.")] = "paper",
+    epochs: Annotated[int | None, typer.Option(help="Override the profile's epochs.")] = None,
+    resume: Annotated[str | None, typer.Option("--resume", help="MLflow run id to resume.")] = (
+        None
+    ),
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    device: DeviceOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Train a DenseNet PSS model; log to MLflow; register it with alias 'challenger'."""
+    from her2ops.pipelines.train import train_model
+
+    with db_session():
+        pass  # migrate / check the database before a long run
+    with domain_errors():
+        out = train_model(
+            actor=actor(),
+            split=split,
+            profile_name=profile,
+            epochs=epochs,
+            resume_run=resume,
+            seed=seed,
+            device=device,
+            progress=not json_out,
+        )
+    if json_out:
+        emit_json(out.to_dict())
+        return
+    typer.echo(
+        f"registered {out.name} v{out.version} (challenger) from run {out.run_id}: "
+        f"{out.epochs_run} epoch(s), best epoch {out.best_epoch}, val loss "
+        f"{out.best_val_loss:.4f}, {out.n_train} train / {out.n_val} val cores, "
+        f"{out.skipped} set(s) skipped, {out.seconds:.0f} s"
+    )
+
+
+@app.command("score")
+def score(
+    model: Annotated[
+        str,
+        typer.Option("--model", help="champion, challenger, a version number or an MLflow run id."),
+    ] = "champion",
+    core: Annotated[list[str] | None, typer.Option("--core", help="Core code (repeatable).")] = (
+        None
+    ),
+    split: Annotated[str | None, typer.Option(help="Score a split's partition...")] = None,
+    partition: Annotated[str | None, typer.Option(help="...this one (train, val, test).")] = None,
+    sets: Annotated[int | None, typer.Option("--sets", help="N sets per core.")] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", help="k most confident sets.")] = None,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    confidence: Annotated[str, typer.Option(help="margin, max or entropy.")] = "margin",
+    device: DeviceOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Score cores with the paper's protocol (N sets, k most confident, final = max class)."""
+    from her2ops.pipelines.score import score_cores
+    from her2ops.scores import SCORE_LABELS
+
+    with db_session():
+        pass
+    with domain_errors():
+        rep = score_cores(
+            actor=actor(),
+            model_ref=model,
+            cores=core,
+            split=split,
+            partition=partition,
+            n_sets=sets,
+            top_k=top_k,
+            seed=seed,
+            confidence=confidence,
+            device=device,
+            progress=not json_out,
+        )
+    if json_out:
+        emit_json(rep.to_dict())
+        return
+    for r in rep.rows:
+        typer.echo(
+            f"{r['core']:<16} {SCORE_LABELS[r['final']]:<3} KCS probs "
+            + " ".join(f"{p:.3f}" for p in r["kcs_probs"])
+        )
+    spc = f", {rep.seconds_per_core:.2f} s/core" if rep.seconds_per_core else ""
+    typer.echo(
+        f"scored {rep.scored} core(s) with {rep.model} v{rep.version}{spc}; "
+        f"{rep.already_scored} already scored; {len(rep.failed)} failed"
+    )
+    for f in rep.failed:
+        typer.echo(f"  failed: {f}", err=True)
+
+
+def print_evaluation(res: dict[str, Any]) -> None:
+    """The paper's metrics as a table, plainly labelled."""
+    typer.echo(
+        f"{res['model']} v{res['version']} on {res['split']}/{res['partition']}: "
+        f"{res['cores']} cores, N={res['n_sets']}, k={res['top_k']}"
+    )
+    for row in res["table"]:
+        v = row["value"]
+        shown = "-" if v is None else (f"{v}" if isinstance(v, int) else f"{v:.4f}")
+        typer.echo(f"  {row['metric']:<32} {shown}")
+    cm = res["metrics"]["confusion_matrix"]
+    typer.echo(
+        "  confusion (rows true 0..3+, cols predicted): "
+        + " | ".join(" ".join(f"{x:>3}" for x in r) for r in cm)
+    )
+    typer.echo(f"  plots and JSON: {res['plots']}")
+    if "study" in res:
+        st = res["study"]
+        typer.echo(f"  N/k study over {st.get('draws')} draws ({st.get('seconds', 0):.2f} s):")
+        for p in st.get("vs_n", [])[:60]:
+            typer.echo(
+                f"    N={p['n']:<4} k={p['k']:<3} min {p['min']:.4f}  median "
+                f"{p['median']:.4f}  max {p['max']:.4f}"
+            )
+
+
+@app.command("evaluate")
+def evaluate(
+    model: Annotated[str, typer.Argument(help="champion, challenger, version or run id.")],
+    split: Annotated[str, typer.Option(help="Split.")],
+    partition: Annotated[str, typer.Option(help="Partition to evaluate.")] = "test",
+    sets: Annotated[int | None, typer.Option("--sets", help="N sets per core.")] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", help="k most confident sets.")] = None,
+    study: Annotated[bool, typer.Option("--study", help="Also run the N/k Monte Carlo study.")] = (
+        False
+    ),
+    study_sets: Annotated[int, typer.Option(help="Set outputs cached per core (M).")] = 300,
+    draws: Annotated[int, typer.Option(help="Monte Carlo draws per point.")] = 10_000,
+    device: DeviceOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Accuracy, specificity, ROC AUCs, adjacent-class accuracy, kappa, ECE; logged to MLflow."""
+    from her2ops.pipelines.evaluate import evaluate_model
+
+    with db_session():
+        pass
+    with domain_errors():
+        res = evaluate_model(
+            actor=actor(),
+            model_ref=model,
+            split=split,
+            partition=partition,
+            n_sets=sets,
+            top_k=top_k,
+            device=device,
+            study=study,
+            study_sets=study_sets,
+            study_draws=draws,
+            progress=not json_out,
+        )
+    if json_out:
+        emit_json(res)
+    else:
+        print_evaluation(res)
+
+
+@models_app.command("list")
+def models_list(json_out: JsonOpt = False) -> None:
+    """Registered versions with lineage and headline metrics."""
+    from her2ops.config import get_settings
+    from her2ops.platform.registry import list_versions
+
+    with db_session() as s:
+        rows = list_versions(s, name=get_settings().registered_model_name)
+    if json_out:
+        emit_json(rows)
+        return
+    for r in rows:
+        acc = r["metrics"].get("test_accuracy")
+        typer.echo(
+            f"v{r['version']:<3} {','.join(r['aliases']) or '-':<20} {r['profile']:<6} "
+            f"split={r['split']:<8} labels={r['label_snapshot_hash'][:12]} "
+            f"test_acc={'-' if acc is None else f'{acc:.3f}'} run={r['run_id']}"
+        )
+
+
+@models_app.command("promote")
+def models_promote(
+    model: Annotated[str, typer.Argument(help="Version number, alias or run id.")],
+    alias: Annotated[str, typer.Option(help="Alias to give it.")] = "champion",
+) -> None:
+    """Give a version the 'champion' alias (audited)."""
+    from her2ops.config import get_settings
+    from her2ops.platform.registry import promote
+
+    with db_session() as s:
+        mv = promote(
+            s, actor=actor(), ref=model, name=get_settings().registered_model_name, alias=alias
+        )
+        typer.echo(f"{mv.name} v{mv.version} is now {alias}")

@@ -1,0 +1,229 @@
+"""Evaluate a model version on a split's partition with the paper's protocol, and the N/k study.
+
+Scores the partition's labelled cores (reusing ``predictions`` already written for the same
+N, k and seed), computes the paper's metrics from the final scores and the averaged KCS
+probabilities, logs them to the model's MLflow run (metrics, PNG plots, a JSON table) and
+records the headline figures on the ``model_versions`` row.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from tqdm import tqdm
+
+from her2ops.config import get_settings
+from her2ops.platform.access import require
+from her2ops.platform.db import session_scope
+from her2ops.platform.labels import label_snapshot
+from her2ops.platform.registry import resolve_ref
+from her2ops.platform.schema import Core, ModelVersion, Prediction
+from her2ops.profiles import get_profile
+
+
+def evaluate_model(
+    *,
+    actor: str | None,
+    model_ref: str,
+    split: str,
+    partition: str = "test",
+    n_sets: int | None = None,
+    top_k: int | None = None,
+    seed: int = 0,
+    device: str | None = None,
+    study: bool = False,
+    study_sets: int = 300,
+    study_draws: int = 10_000,
+    study_n: list[int] | None = None,
+    study_k: list[int] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Metrics of ``model_ref`` on ``split``/``partition``; see the module docstring."""
+    import mlflow
+
+    from her2ops.models.evaluation import compute_metrics, metrics_table, plot_confusion, plot_roc
+    from her2ops.pipelines.score import score_cores
+    from her2ops.pipelines.tracking import configure
+
+    settings = get_settings()
+    with session_scope() as s:
+        require(s, actor, "models.score")
+        mv = resolve_ref(s, model_ref, name=settings.registered_model_name)
+        s.expunge(mv)
+        snapshot, snapshot_hash = label_snapshot(s, split)
+    items = [i for i in snapshot if i.partition == partition]
+    if not items:
+        raise ValueError(f"split {split!r} has no labelled cores in partition {partition!r}")
+    profile = get_profile(mv.profile)
+    n = n_sets or profile.n_sets
+    k = top_k or profile.top_k
+    score_cores(
+        actor=actor,
+        model_ref=str(mv.version),
+        cores=[i.core for i in items],
+        n_sets=n,
+        top_k=k,
+        seed=seed,
+        device=device,
+        progress=progress,
+    )
+    with session_scope() as s:
+        preds = {
+            code: (final, probs)
+            for code, final, probs in s.execute(
+                select(Core.code, Prediction.final_score, Prediction.kcs_probs)
+                .join(Core, Core.id == Prediction.core_id)
+                .where(
+                    Prediction.model_version_id == mv.id,
+                    Prediction.n_sets == n,
+                    Prediction.top_k == k,
+                    Prediction.seed == seed,
+                    Core.code.in_([i.core for i in items]),
+                )
+            )
+        }
+    scored = [i for i in items if i.core in preds]
+    y_true = np.array([i.label for i in scored])
+    y_pred = np.array([preds[i.core][0] for i in scored])
+    probs = np.array([preds[i.core][1] for i in scored], dtype=np.float64)
+    metrics = compute_metrics(y_true, y_pred, probs)
+    result: dict[str, Any] = {
+        "model": mv.name,
+        "version": mv.version,
+        "run_id": mv.run_id,
+        "split": split,
+        "partition": partition,
+        "n_sets": n,
+        "top_k": k,
+        "seed": seed,
+        "labels_now": snapshot_hash,
+        "cores": len(scored),
+        "not_scored": len(items) - len(scored),
+        "metrics": metrics,
+        "table": metrics_table(metrics),
+    }
+
+    configure(settings)
+    client = mlflow.MlflowClient()
+    prefix = f"{partition}_"
+    flat = {
+        prefix
+        + r["metric"]
+        .replace(" ", "_")
+        .replace("/", "_")
+        .replace("+", "p")
+        .replace("{", "")
+        .replace("}", "")
+        .replace(",", ""): float(r["value"])
+        for r in result["table"]
+        if r["value"] is not None
+    }
+    now = int(time.time() * 1000)
+    client.log_batch(
+        mv.run_id, metrics=[mlflow.entities.Metric(key, v, now, 0) for key, v in flat.items()]
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        t = Path(tmp)
+        plot_confusion(
+            np.array(metrics["confusion_matrix"]),
+            t / f"{partition}_confusion.png",
+            title=f"{partition}: N={n}, k={k}",
+        )
+        plot_roc(y_true, probs, t / f"{partition}_roc.png")
+        (t / f"{partition}_metrics.json").write_text(json.dumps(result, indent=2, default=float))
+        for f in t.iterdir():
+            client.log_artifact(mv.run_id, str(f), artifact_path="evaluation")
+        out_dir = settings.data_dir / "evaluations" / f"{mv.name}-v{mv.version}"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for f in t.iterdir():
+            (out_dir / f.name).write_bytes(f.read_bytes())
+    result["plots"] = str(out_dir)
+    with session_scope() as s:
+        row = s.get(ModelVersion, mv.id)
+        assert row is not None
+        row.metrics = {**(row.metrics or {}), **flat}
+
+    if study:
+        result["study"] = run_study_for(
+            mv=mv,
+            items=scored,
+            study_sets=study_sets,
+            draws=study_draws,
+            n_values=study_n,
+            k_values=study_k,
+            out_dir=out_dir,
+            device=device,
+            progress=progress,
+        )
+        client.log_artifact(mv.run_id, str(out_dir / "study.png"), artifact_path="evaluation")
+        client.log_artifact(mv.run_id, str(out_dir / "study.json"), artifact_path="evaluation")
+    return result
+
+
+def run_study_for(
+    *,
+    mv: ModelVersion,
+    items: list[Any],
+    study_sets: int,
+    draws: int,
+    n_values: list[int] | None,
+    k_values: list[int] | None,
+    out_dir: Path,
+    device: str | None,
+    progress: bool,
+) -> dict[str, Any]:
+    """Cache ``study_sets`` set outputs per core (OUTPUTS.npz) and run the N/k study on it."""
+    from her2ops.models.inference import predict_sets
+    from her2ops.models.study import run_study
+    from her2ops.pipelines.sampling import StoreSampler
+    from her2ops.pipelines.score import load_model
+
+    settings = get_settings()
+    profile = get_profile(mv.profile)
+    cache = out_dir / f"outputs_M{study_sets}.npz"
+    if cache.exists():
+        data = np.load(cache)
+        probs, labels = data["probs"], data["labels"]
+    else:
+        net, dev = load_model(mv, device)
+        sampler = StoreSampler(settings.resolved_store_dir, profile.pss)
+        all_probs = []
+        for item in tqdm(
+            items,
+            desc=f"caching {study_sets} set outputs per core",
+            unit="core",
+            disable=not progress,
+        ):
+            draw = sampler.for_core(item.sha256, item.core)
+            outs = []
+            for start in range(0, study_sets, 60):
+                idx = list(range(start, min(start + 60, study_sets)))
+                # seed 1 keeps these sets apart from the scoring sets (seed 0)
+                outs.append(
+                    predict_sets(
+                        net, draw(1, idx), device=dev, batch_size=profile.recipe.batch_size
+                    )
+                )
+            all_probs.append(np.concatenate(outs))
+        sampler.close()
+        probs = np.stack(all_probs).astype(np.float32)
+        labels = np.array([i.label for i in items])
+        np.savez_compressed(cache, probs=probs, labels=labels)
+    m = probs.shape[1]
+    n_vals = n_values or [n for n in [*range(1, 21), 30, 50, 100, 150, 200] if n <= m]
+    k_vals = k_values or [k for k in [*range(1, 21), 30, 50, 100] if k <= m]
+    n_at = min(200, max(n_vals))
+    res = run_study(
+        probs, labels, n_values=n_vals, k_values=k_vals, draws=draws, k_at=min(5, n_at), n_at=n_at
+    )
+    res.plot(out_dir / "study.png")
+    summary = res.to_dict()
+    (out_dir / "study.json").write_text(json.dumps(summary, indent=2, default=float))
+    summary["outputs"] = str(cache)
+    return summary

@@ -1,0 +1,306 @@
+"""Train a DenseNet PSS model on a split, track it in MLflow and register the version.
+
+Flow: label snapshot of the split (train + val partitions) -> split frozen -> MLflow run with
+params (profile, PSS geometry, recipe, split, snapshot hash, code version) -> ``fit`` with
+per-epoch metrics logged in one batch per epoch -> curves and validation confusion matrix as
+PNG artefacts -> model logged with ``mlflow.pytorch`` (plus the weights-only file that scoring
+loads) and registered with alias ``challenger`` -> a ``model_versions`` row with the lineage.
+
+Registration is all or nothing: if the database row cannot be written, the MLflow model version
+is deleted again, so there is never a half-registered model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from her2ops.config import get_settings
+from her2ops.platform import audit
+from her2ops.platform.access import require
+from her2ops.platform.db import session_scope
+from her2ops.platform.labels import SnapshotItem, label_snapshot
+from her2ops.platform.registry import set_alias
+from her2ops.platform.schema import ModelVersion
+from her2ops.platform.splits import freeze_split, get_split
+from her2ops.profiles import Profile, get_profile
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainOutcome:
+    run_id: str
+    version: int
+    name: str
+    label_snapshot_hash: str
+    n_train: int
+    n_val: int
+    epochs_run: int
+    best_epoch: int
+    best_val_loss: float
+    skipped: int
+    seconds: float
+    history: list[dict[str, float]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _items(snapshot: list[SnapshotItem], partition: str) -> list[Any]:
+    from her2ops.models.data import LabelledCore
+
+    return [LabelledCore(i.core, i.sha256, i.label) for i in snapshot if i.partition == partition]
+
+
+def train_model(
+    *,
+    actor: str | None,
+    split: str,
+    profile_name: str,
+    epochs: int | None = None,
+    resume_run: str | None = None,
+    seed: int = 0,
+    device: str | None = None,
+    progress: bool = True,
+) -> TrainOutcome:
+    """Train, log, register. ``resume_run`` continues a killed run from its last checkpoint."""
+    import mlflow
+
+    from her2ops.models.data import PSSDataset
+    from her2ops.models.training import FitConfig, fit
+    from her2ops.pipelines.sampling import StoreSampler
+    from her2ops.pipelines.tracking import code_version, configure
+
+    settings = get_settings()
+    profile: Profile = get_profile(profile_name)
+    with session_scope() as s:
+        require(s, actor, "models.train")
+        snapshot, snapshot_hash = label_snapshot(s, split)
+    train_items, val_items = _items(snapshot, "train"), _items(snapshot, "val")
+    from her2ops.models.data import check_label_coverage
+
+    check_label_coverage([i.label for i in train_items])
+    if not val_items:
+        raise ValueError(f"split {split!r} has no labelled cores in its val partition")
+
+    experiment_id = configure(settings)
+    client = mlflow.MlflowClient()
+    if resume_run:
+        run = client.get_run(resume_run)
+        if run.data.params.get("label_snapshot_hash") != snapshot_hash:
+            raise ValueError(
+                f"run {resume_run} was trained on other labels (snapshot "
+                f"{run.data.params.get('label_snapshot_hash')}, now {snapshot_hash})"
+            )
+        run_id = resume_run
+    else:
+        run_id = client.create_run(experiment_id, run_name=f"{profile.name}-{split}").info.run_id
+    out_dir = settings.data_dir / "runs" / run_id
+    with session_scope() as s:
+        freeze_split(s, name=split, reason=f"trained on by MLflow run {run_id}")
+
+    sampler = StoreSampler(settings.resolved_store_dir, profile.pss)
+    train_ds = PSSDataset(train_items, sampler, train=True, seed=seed)
+    val_ds = PSSDataset(
+        val_items, sampler, train=False, seed=seed, sets_per_core=profile.recipe.val_sets_per_core
+    )
+    cfg = FitConfig(
+        profile=profile,
+        out_dir=out_dir,
+        epochs=epochs,
+        seed=seed,
+        device=device,
+        resume=bool(resume_run),
+        progress=progress,
+    )
+    if not resume_run:
+        params = {
+            "profile": profile.name,
+            "arch": profile.arch,
+            "split": split,
+            "label_snapshot_hash": snapshot_hash,
+            "code_version": code_version(),
+            "pss": json.dumps(profile.pss.to_dict()),
+            "patch_size": profile.pss.patch_size,
+            "channels": profile.pss.channels,
+            "lr": cfg.lr,
+            "batch_size": cfg.batch_size,
+            "epochs": cfg.epochs,
+            "seed": seed,
+            "n_sets": profile.n_sets,
+            "top_k": profile.top_k,
+            "n_train": len(train_items),
+            "n_val": len(val_items),
+            "weight_decay": profile.recipe.weight_decay,
+            "plateau_patience": profile.recipe.plateau_patience,
+            "early_stopping_patience": cfg.early_stopping_patience,
+        }
+        client.log_batch(
+            run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in params.items()]
+        )
+
+    def on_epoch_end(epoch: int, metrics: dict[str, float], _state: Any) -> None:
+        now = int(time.time() * 1000)
+        client.log_batch(
+            run_id,
+            metrics=[
+                mlflow.entities.Metric(k, float(v), now, epoch)
+                for k, v in metrics.items()
+                if isinstance(v, int | float) and np.isfinite(v)
+            ],
+        )
+
+    t0 = time.perf_counter()
+    try:
+        result = fit(cfg, train_ds, val_ds, on_epoch_end=on_epoch_end)
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    finally:
+        sampler.close()
+    seconds = time.perf_counter() - t0
+    version = _register(
+        run_id=run_id,
+        profile=profile,
+        result=result,
+        split=split,
+        snapshot_hash=snapshot_hash,
+        val_items=val_items,
+        sampler_root=settings,
+        actor=actor,
+        device=device,
+    )
+    return TrainOutcome(
+        run_id=run_id,
+        version=version,
+        name=settings.registered_model_name,
+        label_snapshot_hash=snapshot_hash,
+        n_train=len(train_items),
+        n_val=len(val_items),
+        epochs_run=result.epochs_run,
+        best_epoch=result.best_epoch,
+        best_val_loss=result.best_val_loss,
+        skipped=result.skipped,
+        seconds=seconds,
+        history=result.history,
+    )
+
+
+def _register(
+    *,
+    run_id: str,
+    profile: Profile,
+    result: Any,
+    split: str,
+    snapshot_hash: str,
+    val_items: list[Any],
+    sampler_root: Any,
+    actor: str | None,
+    device: str | None,
+) -> int:
+    import mlflow
+
+    from her2ops.models.evaluation import compute_metrics, plot_confusion, plot_curves
+    from her2ops.models.inference import score_core
+    from her2ops.models.network import load_network, pick_device
+    from her2ops.pipelines.sampling import StoreSampler
+    from her2ops.pipelines.tracking import code_version
+
+    settings = get_settings()
+    name = settings.registered_model_name
+    client = mlflow.MlflowClient()
+    dev = pick_device(device)
+    net, _ = load_network(result.best_checkpoint, profile, device=dev)
+
+    # Validation with the paper's protocol (N sets, top-k) on the best weights.
+    sampler = StoreSampler(settings.resolved_store_dir, profile.pss)
+    y_true, y_pred, probs = [], [], []
+    for item in val_items:
+        sc = score_core(
+            net,
+            sampler.for_core(item.location, item.core),
+            n_sets=profile.n_sets,
+            top_k=profile.top_k,
+            seed=0,
+            device=dev,
+            batch_size=profile.recipe.batch_size,
+        )
+        y_true.append(item.label)
+        y_pred.append(sc.final)
+        probs.append(sc.kcs_mean_probs)
+    sampler.close()
+    val = compute_metrics(np.array(y_true), np.array(y_pred), np.array(probs))
+    headline = {
+        f"val_protocol_{k}": float(v)
+        for k, v in val.items()
+        if isinstance(v, int | float) and v is not None and np.isfinite(v)
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        t = Path(tmp)
+        plot_curves(result.history, t / "curves.png")
+        plot_confusion(
+            np.array(val["confusion_matrix"]),
+            t / "val_confusion.png",
+            title=f"validation, N={profile.n_sets}, k={profile.top_k}",
+        )
+        (t / "val_metrics.json").write_text(json.dumps(val, indent=2, default=float))
+        for f in ("curves.png", "val_confusion.png", "val_metrics.json"):
+            client.log_artifact(run_id, str(t / f), artifact_path="training")
+        client.log_artifact(run_id, str(result.best_checkpoint), artifact_path="weights")
+    now = int(time.time() * 1000)
+    client.log_batch(
+        run_id, metrics=[mlflow.entities.Metric(k, v, now, 0) for k, v in headline.items()]
+    )
+
+    net.cpu().eval()
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pytorch.log_model(
+            net,
+            name="model",
+            registered_model_name=name,
+            serialization_format="pickle",
+            pip_requirements=["torch==2.14.1", "torchvision==0.29.1", "her2ops"],
+        )
+    version = int(info.registered_model_version)
+    try:
+        client.set_registered_model_alias(name, "challenger", str(version))
+        with session_scope() as s:
+            user = require(s, actor, "models.train")
+            mv = ModelVersion(
+                name=name,
+                version=version,
+                run_id=run_id,
+                profile=profile.name,
+                split_id=get_split(s, split).id,
+                label_snapshot_hash=snapshot_hash,
+                code_version=code_version(),
+                aliases=[],
+                metrics=headline,
+                created_by_id=user.id,
+            )
+            s.add(mv)
+            s.flush()
+            set_alias(s, mv, "challenger")
+            audit.record(
+                s,
+                actor=user,
+                action="models.register",
+                entity="model_version",
+                key=f"{name}/{version}",
+                details={"run_id": run_id, "split": split, "profile": profile.name},
+            )
+    except BaseException:
+        log.error("registration of %s v%s failed; removing the MLflow version", name, version)
+        client.delete_model_version(name, str(version))
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_terminated(run_id, status="FINISHED")
+    return version
