@@ -1,0 +1,149 @@
+"""The paper's inference protocol: N sets per core, the k most confident (KCS), final = max class.
+
+For one core, ``N`` independent pyramid sampling sets go through the network; each gives a softmax
+output. The *confidence* of an output is, by default, the margin between its two largest
+probabilities (``"max"``: the largest probability; ``"entropy"``: minus the entropy). The KCS is
+the ``k`` most confident outputs; ties in confidence go to the earlier set (a stable sort), the
+same rule :mod:`her2ops.models.study` uses. The final score is the largest predicted class in the
+KCS; the KCS's averaged probabilities are what ROC curves use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from her2ops.models.network import autocast, batch_to_device
+
+Confidence = Literal["margin", "max", "entropy"]
+CONFIDENCES: tuple[str, ...] = ("margin", "max", "entropy")
+
+
+def confidence_scores(probs: np.ndarray, confidence: str = "margin") -> np.ndarray:
+    """Confidence of each softmax output along the last axis (higher = more confident)."""
+    p = np.asarray(probs, dtype=np.float64)
+    if confidence == "margin":
+        top2 = np.sort(p, axis=-1)[..., -2:]
+        return top2[..., 1] - top2[..., 0]
+    if confidence == "max":
+        return p.max(axis=-1)
+    if confidence == "entropy":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(p > 0, p * np.log(p), 0.0).sum(axis=-1)
+    raise ValueError(f"unknown confidence {confidence!r}; known: {', '.join(CONFIDENCES)}")
+
+
+def confidence_order(probs: np.ndarray, confidence: str = "margin") -> np.ndarray:
+    """Indices sorted by decreasing confidence along axis -2; ties keep the earlier index."""
+    conf = confidence_scores(probs, confidence)
+    return np.argsort(-conf, axis=-1, kind="stable")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The KCS decision for one core."""
+
+    final: int
+    kcs_indices: np.ndarray
+    kcs_mean_probs: np.ndarray
+    confidences: np.ndarray
+
+
+def kcs_decision(probs: np.ndarray, k: int, confidence: str = "margin") -> Decision:
+    """Apply the protocol to one core's ``(N, 4)`` set outputs."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[0] == 0:
+        raise ValueError(f"expected (N, classes) probabilities, got shape {probs.shape}")
+    if not 1 <= k <= probs.shape[0]:
+        raise ValueError(f"k={k} must be between 1 and N={probs.shape[0]}")
+    conf = confidence_scores(probs, confidence)
+    kcs = np.argsort(-conf, kind="stable")[:k]
+    final = int(probs[kcs].argmax(axis=1).max())
+    return Decision(
+        final=final, kcs_indices=kcs, kcs_mean_probs=probs[kcs].mean(axis=0), confidences=conf
+    )
+
+
+@torch.inference_mode()
+def predict_sets(
+    model: nn.Module,
+    sets: np.ndarray | torch.Tensor,
+    *,
+    batch_size: int = 12,
+    device: torch.device | str | None = None,
+) -> np.ndarray:
+    """Softmax outputs ``(n, 4)`` (float32) for ``(n, C, H, W)`` uint8 sets, in batches."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.eval()
+    x_all = torch.as_tensor(sets)
+    out = []
+    for i in range(0, x_all.shape[0], batch_size):
+        x = batch_to_device(x_all[i : i + batch_size], device)
+        with autocast(device):
+            logits = model(x)
+        out.append(torch.softmax(logits.float(), dim=1).cpu())
+    if not out:
+        return np.zeros((0, 4), dtype=np.float32)
+    return torch.cat(out).numpy().astype(np.float32)
+
+
+@dataclass(frozen=True)
+class CoreScore:
+    """A scored core: the decision and every set's output (kept for review and the N/k study)."""
+
+    final: int
+    kcs_mean_probs: np.ndarray
+    set_probs: np.ndarray
+    kcs_indices: np.ndarray
+    confidence_name: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "final": self.final,
+            "kcs_mean_probs": self.kcs_mean_probs.tolist(),
+            "set_probs": self.set_probs.tolist(),
+            "kcs_indices": self.kcs_indices.tolist(),
+            "confidence": self.confidence_name,
+        }
+
+
+def score_core(
+    model: nn.Module,
+    sample_fn: Callable[[int, Sequence[int]], np.ndarray],
+    *,
+    n_sets: int,
+    top_k: int,
+    seed: int,
+    batch_size: int = 12,
+    device: torch.device | str | None = None,
+    confidence: str = "margin",
+) -> CoreScore:
+    """Score one core. ``sample_fn(seed, indices) -> (len(indices), C, H, W) uint8`` draws sets
+    ``indices`` of the core; it is called one batch at a time (a paper-size set is 40 MB) and
+    the next batch is sampled on a thread while the network runs on the current one."""
+    if not 1 <= top_k <= n_sets:
+        raise ValueError(f"top_k={top_k} must be between 1 and n_sets={n_sets}")
+    chunks = [list(range(i, min(i + batch_size, n_sets))) for i in range(0, n_sets, batch_size)]
+    probs: list[np.ndarray] = []
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(sample_fn, seed, chunks[0])
+        for j in range(len(chunks)):
+            sets = pending.result()
+            if j + 1 < len(chunks):
+                pending = pool.submit(sample_fn, seed, chunks[j + 1])
+            probs.append(predict_sets(model, sets, batch_size=batch_size, device=device))
+    set_probs = np.concatenate(probs)
+    d = kcs_decision(set_probs, top_k, confidence)
+    return CoreScore(
+        final=d.final,
+        kcs_mean_probs=d.kcs_mean_probs,
+        set_probs=set_probs,
+        kcs_indices=d.kcs_indices,
+        confidence_name=confidence,
+    )

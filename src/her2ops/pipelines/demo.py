@@ -1,0 +1,126 @@
+"""``make demo``: the whole platform on embedded defaults (SQLite, in-process, local MLflow).
+
+Each step runs a real ``her2ops`` command in-process and prints it first, so the output doubles
+as a tour of the CLI. Everything lands in ``her2ops-data/demo`` (recreated on every run). All
+figures are results on *synthetic* data made by ``her2ops synth``, not on patient tissue.
+
+Environment knobs (for a quicker look): ``HER2OPS_DEMO_PATIENTS``, ``HER2OPS_DEMO_CORES``,
+``HER2OPS_DEMO_SIZE``, ``HER2OPS_DEMO_EPOCHS``, ``HER2OPS_DEMO_TRAIN=0`` (skip the model).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+ROOT = Path(os.environ.get("HER2OPS_DEMO_DIR", "her2ops-data/demo")).resolve()
+SYN = ROOT / "synthetic"
+
+
+def banner(title: str) -> None:
+    print(f"\n=== {title} " + "=" * max(0, 70 - len(title)), flush=True)
+
+
+def her2ops(*args: str, user: str | None = None) -> None:
+    """Run one CLI command in-process, echoing it like a shell would."""
+    from her2ops.cli import app
+
+    argv = (["--as", user] if user else []) + [str(a) for a in args]
+    print(f"$ her2ops {shlex.join(argv)}", flush=True)
+    try:
+        code = app(argv, standalone_mode=False)
+    except typer.Exit as exc:
+        code = exc.exit_code
+    if code:
+        raise SystemExit(f"demo step failed: her2ops {shlex.join(argv)}")
+    sys.stdout.flush()
+
+
+def main() -> None:
+    started = time.perf_counter()
+    patients = int(os.environ.get("HER2OPS_DEMO_PATIENTS", "150"))
+    cores = int(os.environ.get("HER2OPS_DEMO_CORES", "300"))
+    size = int(os.environ.get("HER2OPS_DEMO_SIZE", "512"))
+    epochs = os.environ.get("HER2OPS_DEMO_EPOCHS")
+    train = os.environ.get("HER2OPS_DEMO_TRAIN", "1") != "0"
+
+    if ROOT.exists():
+        shutil.rmtree(ROOT)
+    ROOT.mkdir(parents=True)
+    os.environ["HER2OPS_DATA_DIR"] = str(ROOT)
+    os.environ.pop("HER2OPS_DATABASE_URL", None)
+    os.environ.pop("HER2OPS_MLFLOW_TRACKING_URI", None)
+    from her2ops.config import get_settings
+
+    get_settings.cache_clear()
+    print(f"her2ops demo: everything goes to {ROOT} (SQLite, local MLflow store, image store)")
+    print("All figures below are on SYNTHETIC cores made by 'her2ops synth', not patient data.")
+
+    banner("1. Synthetic IHC cores, votes of five simulated pathologists, a TMA slide")
+    her2ops("synth", SYN, "--patients", patients, "--cores", cores, "--size", size,
+            "--seed", 7, "--contact-sheet", "--tma-slide")
+
+    banner("2. Users and roles (the first user bootstraps; then only an admin adds users)")
+    her2ops("users", "add", "admin", "--role", "admin")
+    for name, role in [("lab", "lab_manager"), ("eng", "engineer")] + [
+        (f"path{i}", "pathologist") for i in range(1, 6)
+    ] + [("adjudicator", "pathologist")]:
+        her2ops("users", "add", name, "--role", role, user="admin")
+
+    banner("3. Ingest into the pyramidal image store, import votes (re-running changes nothing)")
+    her2ops("ingest", SYN / "manifest.csv", user="lab")
+    her2ops("ingest", SYN / "manifest.csv", user="lab")
+    her2ops("votes", "import", SYN / "votes.csv", user="lab")
+    her2ops("votes", "import", SYN / "votes.csv", user="lab")
+
+    banner("4. Consensus by the voting protocol, a patient-level split, agreement statistics")
+    her2ops("consensus", user="lab")
+    her2ops("split", "create", "main", "--seed", 42, "--ratios", "0.6,0.2,0.2", user="lab")
+    her2ops("stats")
+
+    banner("5. What the model sees: pyramid sampling sets of one stored core")
+    first_core = _first_core()
+    her2ops("sample", first_core, "--profile", "demo", "--sets", 20, "--seed", 0,
+            "--png", ROOT / "pss_contact_sheet.png")
+
+    banner("6. TMA dearraying: cores found on a synthetic slide by Hough circles")
+    slide = next((SYN / "tma").glob("*.png"), None)
+    if slide is not None:
+        her2ops("dearray", slide, "--out", ROOT / "dearrayed")
+
+    if train:
+        banner("7. Train the 'demo' profile on the CPU (tracked and registered in MLflow)")
+        her2ops("train", "--split", "main", "--profile", "demo",
+                *(["--epochs", epochs] if epochs else []), user="eng")
+        banner("8. Evaluate on the test partition with the paper's protocol (synthetic data)")
+        her2ops("evaluate", "challenger", "--split", "main", "--partition", "test",
+                "--study", "--study-sets", 60, "--draws", 10000, user="eng")
+        banner("9. Promote to champion and score cores")
+        her2ops("models", "promote", "challenger", user="eng")
+        her2ops("models", "list")
+        her2ops("score", "--model", "champion", "--core", first_core, user="eng")
+    her2ops("labels", "export", "--split", "main", "--out", ROOT / "labels.csv")
+
+    banner("Done")
+    print(f"data dir: {ROOT}")
+    print(f"  contact sheets: {SYN / 'contact_sheet.png'}, {ROOT / 'pss_contact_sheet.png'}")
+    print(f"  MLflow store:   {get_settings().resolved_mlflow_uri} "
+          f"(browse: mlflow ui --backend-store-uri {get_settings().resolved_mlflow_uri})")
+    print(f"demo took {time.perf_counter() - started:.0f} s")
+
+
+def _first_core() -> str:
+    import csv
+
+    with (SYN / "manifest.csv").open() as fh:
+        return next(csv.DictReader(fh))["core"]
+
+
+if __name__ == "__main__":
+    main()

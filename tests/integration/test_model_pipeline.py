@@ -1,0 +1,148 @@
+"""Train -> register -> score -> evaluate -> promote, on both dialects, with the 'test' profile.
+
+Real MLflow (a SQLite store per test), real torch, real image store; tiny synthetic cores.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from sqlalchemy import func, select
+
+from her2ops.config import get_settings
+from her2ops.imaging.synthetic import generate_dataset
+from her2ops.platform.consensus import apply_consensus
+from her2ops.platform.curation import add_user, ingest_manifest
+from her2ops.platform.db import session_scope
+from her2ops.platform.errors import NotFound
+from her2ops.platform.registry import promote
+from her2ops.platform.schema import ModelVersion, Prediction, Split
+from her2ops.platform.splits import create_split
+from her2ops.platform.votes import import_votes
+from her2ops.pipelines import train as train_mod
+from her2ops.pipelines.evaluate import evaluate_model
+from her2ops.pipelines.score import score_cores
+from her2ops.pipelines.tracking import configure
+from tests.factories import store
+
+RATIOS = {"train": 0.6, "val": 0.2, "test": 0.2}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("syn")
+    generate_dataset(out, patients=24, cores=48, size=128, seed=3, progress=False)
+    return out
+
+
+def _curate(synthetic: Path) -> None:
+    with session_scope() as s:
+        add_user(s, actor=None, username="admin", role="admin")
+        for name, role in [("lab", "lab_manager"), ("eng", "engineer")] + [
+            (f"path{i}", "pathologist") for i in range(1, 6)
+        ] + [("adjudicator", "pathologist")]:
+            add_user(s, actor="admin", username=name, role=role)
+    with session_scope() as s:
+        ingest_manifest(s, actor="lab", manifest=synthetic / "manifest.csv", store=store(),
+                        max_pixels=10**8)
+        import_votes(s, actor="lab", path=synthetic / "votes.csv")
+    with session_scope() as s:
+        apply_consensus(s, actor="lab")
+        create_split(s, actor="lab", name="main", seed=1, ratios=RATIOS)
+
+
+def test_train_register_score_evaluate(db_url: str, synthetic: Path) -> None:
+    _curate(synthetic)
+    out = train_mod.train_model(actor="eng", split="main", profile_name="test", epochs=2,
+                                progress=False)
+    assert out.version == 1 and out.epochs_run == 2 and out.n_train > out.n_val > 0
+
+    configure()
+    client = mlflow.MlflowClient()
+    run = client.get_run(out.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["profile"] == "test"
+    assert run.data.params["label_snapshot_hash"] == out.label_snapshot_hash
+    assert "val_loss" in run.data.metrics and "val_protocol_accuracy" in run.data.metrics
+    assert len(client.get_metric_history(out.run_id, "train_loss")) == 2
+    arts = {a.path for a in client.list_artifacts(out.run_id, "training")}
+    assert {"training/curves.png", "training/val_confusion.png"} <= arts
+    mv = client.get_model_version_by_alias("her2-pss", "challenger")
+    assert str(mv.version) == "1" and mv.run_id == out.run_id
+
+    with session_scope() as s:
+        row = s.scalar(select(ModelVersion))
+        assert row is not None and row.aliases == ["challenger"] and row.profile == "test"
+        assert row.label_snapshot_hash == out.label_snapshot_hash
+        split = s.scalar(select(Split).where(Split.name == "main"))
+        assert split is not None and split.frozen_at is not None  # used by a model: frozen
+
+    rep = score_cores(actor="eng", model_ref="challenger", split="main", partition="test",
+                      progress=False)
+    assert rep.scored > 0 and rep.already_scored == 0
+    again = score_cores(actor="eng", model_ref="1", split="main", partition="test",
+                        progress=False)
+    assert again.scored == 0 and again.already_scored == rep.scored  # idempotent
+    with session_scope() as s:
+        pred = s.scalar(select(Prediction))
+        assert pred is not None and len(pred.set_probs) == 6 and len(pred.kcs_indices) == 2
+        assert abs(sum(pred.kcs_probs) - 1) < 1e-4
+        assert pred.final_score == max(
+            max(range(4), key=lambda c: pred.set_probs[i][c]) for i in pred.kcs_indices)
+
+    res = evaluate_model(actor="eng", model_ref="challenger", split="main", progress=False,
+                         study=True, study_sets=12, study_draws=200)
+    assert 0 < res["cores"] <= rep.scored  # labelled test cores only
+    assert 0.0 <= res["metrics"]["accuracy"] <= 1.0
+    assert set(res["metrics"]["roc"]) == {"0 vs 1+/2+/3+", "0/1+ vs 2+/3+", "0/1+/2+ vs 3+"}
+    assert res["study"]["outputs_per_core"] == 12
+    assert "test_accuracy" in client.get_run(out.run_id).data.metrics
+    with session_scope() as s:
+        assert s.scalar(select(func.count()).select_from(Prediction)) == rep.scored
+
+    with session_scope() as s:
+        promote(s, actor="eng", ref="challenger", name="her2-pss")
+    assert str(client.get_model_version_by_alias("her2-pss", "champion").version) == "1"
+    with session_scope() as s, pytest.raises(NotFound, match="known: v1"):
+        from her2ops.platform.registry import resolve_ref
+
+        resolve_ref(s, "9", name="her2-pss")
+
+
+def test_class_missing_from_train_is_refused(db_url: str, synthetic: Path) -> None:
+    _curate(synthetic)
+    with session_scope() as s:  # a split whose train partition gets nobody
+        create_split(s, actor="lab", name="notrain", seed=1,
+                     ratios={"train": 0.0, "val": 0.5, "test": 0.5})
+    with pytest.raises(ValueError, match="train"):
+        train_mod.train_model(actor="eng", split="notrain", profile_name="test", epochs=1,
+                              progress=False)
+    with session_scope() as s:
+        assert s.scalar(select(func.count()).select_from(ModelVersion)) == 0
+
+
+def test_failed_registration_leaves_no_half_registered_model(
+    db_url: str, synthetic: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _curate(synthetic)
+
+    def broken_alias(*_a: object, **_k: object) -> None:
+        raise RuntimeError("database went away")  # fault injection after MLflow registered
+
+    monkeypatch.setattr(train_mod, "set_alias", broken_alias)
+    with pytest.raises(RuntimeError, match="went away"):
+        train_mod.train_model(actor="eng", split="main", profile_name="test", epochs=1,
+                              progress=False)
+    with session_scope() as s:
+        assert s.scalar(select(func.count()).select_from(ModelVersion)) == 0
+    configure(get_settings())
+    versions = mlflow.MlflowClient().search_model_versions("name='her2-pss'")
+    assert versions == []

@@ -1,0 +1,108 @@
+"""The inference protocol: confidence, KCS, final = max class; batched prediction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import pytest
+import torch
+
+from her2ops.models.data import LabelledCore
+from her2ops.models.inference import (
+    confidence_scores,
+    kcs_decision,
+    predict_sets,
+    score_core,
+)
+from her2ops.models.network import build_network
+from her2ops.models.toyset import ToySampler
+from her2ops.profiles import get_profile
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+P = np.array(
+    [
+        [0.70, 0.20, 0.05, 0.05],  # margin .50, max .70, class 0
+        [0.10, 0.15, 0.15, 0.60],  # margin .45, class 3
+        [0.40, 0.35, 0.15, 0.10],  # margin .05, class 0
+        [0.05, 0.05, 0.85, 0.05],  # margin .80, class 2
+        [0.25, 0.25, 0.25, 0.25],  # margin 0, entropy lowest
+    ]
+)
+
+
+def test_confidence_kinds() -> None:
+    np.testing.assert_allclose(confidence_scores(P, "margin"), [0.5, 0.45, 0.05, 0.8, 0.0])
+    np.testing.assert_allclose(confidence_scores(P, "max"), [0.7, 0.6, 0.4, 0.85, 0.25])
+    ent = confidence_scores(P, "entropy")
+    assert ent.argmin() == 4 and np.isclose(ent[4], -np.log(4))
+    with pytest.raises(ValueError, match="margin"):
+        confidence_scores(P, "bogus")
+
+
+def test_kcs_is_k_most_confident_and_final_is_their_max_class() -> None:
+    d = kcs_decision(P, k=2)
+    assert list(d.kcs_indices) == [3, 0]
+    assert d.final == 2  # classes 2 and 0 -> max is 2
+    np.testing.assert_allclose(d.kcs_mean_probs, P[[3, 0]].mean(axis=0))
+    d3 = kcs_decision(P, k=3)
+    assert set(d3.kcs_indices) == {3, 0, 1} and d3.final == 3
+    assert kcs_decision(P, k=1).final == 2
+
+
+def test_ties_go_to_the_earlier_set() -> None:
+    tied = np.array([[0.5, 0.5, 0, 0], [0.1, 0.1, 0.1, 0.7], [0.0, 0.1, 0.1, 0.8], [0.25] * 4])
+    # sets 0 and 3 both have margin 0; set 1 margin .6, set 2 margin .7
+    assert list(kcs_decision(tied, k=3).kcs_indices) == [2, 1, 0]
+
+
+def test_k_out_of_range() -> None:
+    with pytest.raises(ValueError, match="between 1 and N=5"):
+        kcs_decision(P, k=6)
+
+
+def test_predict_sets_batches_agree_with_one_batch() -> None:
+    profile = get_profile("test")
+    torch.manual_seed(0)
+    net = build_network(profile)
+    sets = np.random.default_rng(0).integers(
+        0, 256, (5, profile.pss.channels, 32, 32), dtype=np.uint8
+    )
+    a = predict_sets(net, sets, batch_size=2, device="cpu")
+    b = predict_sets(net, sets, batch_size=5, device="cpu")
+    assert a.shape == (5, 4) and a.dtype == np.float32
+    np.testing.assert_allclose(a.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert not net.training  # inference puts the model in eval mode
+
+
+def test_score_core_runs_protocol_over_all_sets() -> None:
+    profile = get_profile("test")
+    torch.manual_seed(0)
+    net = build_network(profile)
+    toy = ToySampler.for_profile(profile)
+    calls: list[list[int]] = []
+    inner = toy.core_fn(LabelledCore("c1", "toy://c1", 2))
+
+    def sample(seed: int, indices: Sequence[int]) -> np.ndarray:
+        calls.append(list(indices))
+        return inner(seed, indices)
+
+    score = score_core(net, sample, n_sets=7, top_k=3, seed=11, batch_size=3, device="cpu")
+    assert calls == [[0, 1, 2], [3, 4, 5], [6]]
+    assert score.set_probs.shape == (7, 4)
+    ref = kcs_decision(score.set_probs, 3)
+    assert score.final == ref.final
+    np.testing.assert_array_equal(score.kcs_indices, ref.kcs_indices)
+    np.testing.assert_allclose(score.kcs_mean_probs, ref.kcs_mean_probs)
+    again = score_core(net, inner, n_sets=7, top_k=3, seed=11, batch_size=7, device="cpu")
+    np.testing.assert_allclose(again.set_probs, score.set_probs, rtol=1e-4, atol=1e-6)
+    assert score.to_dict()["confidence"] == "margin"
