@@ -100,3 +100,28 @@ def insert_labelled_cores(n_patients: int, *, seed: int = 0, cores_per_patient: 
                         is_current=True,
                     )
                 )
+
+
+def curate_synthetic(folder: Path, *, split: str = "main") -> None:
+    """Users, ingest, votes, consensus and a 0.6/0.2/0.2 split for a ``her2ops synth`` folder."""
+    from her2ops.platform.consensus import apply_consensus
+    from her2ops.platform.curation import ingest_manifest
+    from her2ops.platform.splits import create_split
+    from her2ops.platform.votes import import_votes
+
+    with session_scope() as s:
+        add_user(s, actor=None, username="admin", role="admin")
+        users = [("lab", "lab_manager"), ("eng", "engineer"), ("adjudicator", "pathologist")]
+        users += [(f"path{i}", "pathologist") for i in range(1, 6)]
+        for name, role in users:
+            add_user(s, actor="admin", username=name, role=role)
+    with session_scope() as s:
+        ingest_manifest(
+            s, actor="lab", manifest=folder / "manifest.csv", store=store(), max_pixels=10**8
+        )
+        import_votes(s, actor="lab", path=folder / "votes.csv")
+    with session_scope() as s:
+        apply_consensus(s, actor="lab")
+        create_split(
+            s, actor="lab", name=split, seed=1, ratios={"train": 0.6, "val": 0.2, "test": 0.2}
+        )

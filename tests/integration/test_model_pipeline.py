@@ -13,22 +13,16 @@ import torch
 from sqlalchemy import func, select
 
 from her2ops.config import get_settings
-from her2ops.imaging.synthetic import generate_dataset
-from her2ops.platform.consensus import apply_consensus
-from her2ops.platform.curation import add_user, ingest_manifest
+from her2ops.pipelines import train as train_mod
+from her2ops.pipelines.evaluate import evaluate_model
+from her2ops.pipelines.score import score_cores
+from her2ops.pipelines.tracking import configure
 from her2ops.platform.db import session_scope
 from her2ops.platform.errors import NotFound
 from her2ops.platform.registry import promote
 from her2ops.platform.schema import ModelVersion, Prediction, Split
 from her2ops.platform.splits import create_split
-from her2ops.platform.votes import import_votes
-from her2ops.pipelines import train as train_mod
-from her2ops.pipelines.evaluate import evaluate_model
-from her2ops.pipelines.score import score_cores
-from her2ops.pipelines.tracking import configure
-from tests.factories import store
-
-RATIOS = {"train": 0.6, "val": 0.2, "test": 0.2}
+from tests.factories import curate_synthetic
 
 
 @pytest.fixture(autouse=True)
@@ -36,33 +30,11 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("syn")
-    generate_dataset(out, patients=24, cores=48, size=128, seed=3, progress=False)
-    return out
-
-
-def _curate(synthetic: Path) -> None:
-    with session_scope() as s:
-        add_user(s, actor=None, username="admin", role="admin")
-        for name, role in [("lab", "lab_manager"), ("eng", "engineer")] + [
-            (f"path{i}", "pathologist") for i in range(1, 6)
-        ] + [("adjudicator", "pathologist")]:
-            add_user(s, actor="admin", username=name, role=role)
-    with session_scope() as s:
-        ingest_manifest(s, actor="lab", manifest=synthetic / "manifest.csv", store=store(),
-                        max_pixels=10**8)
-        import_votes(s, actor="lab", path=synthetic / "votes.csv")
-    with session_scope() as s:
-        apply_consensus(s, actor="lab")
-        create_split(s, actor="lab", name="main", seed=1, ratios=RATIOS)
-
-
 def test_train_register_score_evaluate(db_url: str, synthetic: Path) -> None:
-    _curate(synthetic)
-    out = train_mod.train_model(actor="eng", split="main", profile_name="test", epochs=2,
-                                progress=False)
+    curate_synthetic(synthetic)
+    out = train_mod.train_model(
+        actor="eng", split="main", profile_name="test", epochs=2, progress=False
+    )
     assert out.version == 1 and out.epochs_run == 2 and out.n_train > out.n_val > 0
 
     configure()
@@ -85,21 +57,29 @@ def test_train_register_score_evaluate(db_url: str, synthetic: Path) -> None:
         split = s.scalar(select(Split).where(Split.name == "main"))
         assert split is not None and split.frozen_at is not None  # used by a model: frozen
 
-    rep = score_cores(actor="eng", model_ref="challenger", split="main", partition="test",
-                      progress=False)
+    rep = score_cores(
+        actor="eng", model_ref="challenger", split="main", partition="test", progress=False
+    )
     assert rep.scored > 0 and rep.already_scored == 0
-    again = score_cores(actor="eng", model_ref="1", split="main", partition="test",
-                        progress=False)
+    again = score_cores(actor="eng", model_ref="1", split="main", partition="test", progress=False)
     assert again.scored == 0 and again.already_scored == rep.scored  # idempotent
     with session_scope() as s:
         pred = s.scalar(select(Prediction))
         assert pred is not None and len(pred.set_probs) == 6 and len(pred.kcs_indices) == 2
         assert abs(sum(pred.kcs_probs) - 1) < 1e-4
         assert pred.final_score == max(
-            max(range(4), key=lambda c: pred.set_probs[i][c]) for i in pred.kcs_indices)
+            max(range(4), key=lambda c: pred.set_probs[i][c]) for i in pred.kcs_indices
+        )
 
-    res = evaluate_model(actor="eng", model_ref="challenger", split="main", progress=False,
-                         study=True, study_sets=12, study_draws=200)
+    res = evaluate_model(
+        actor="eng",
+        model_ref="challenger",
+        split="main",
+        progress=False,
+        study=True,
+        study_sets=12,
+        study_draws=200,
+    )
     assert 0 < res["cores"] <= rep.scored  # labelled test cores only
     assert 0.0 <= res["metrics"]["accuracy"] <= 1.0
     assert set(res["metrics"]["roc"]) == {"0 vs 1+/2+/3+", "0/1+ vs 2+/3+", "0/1+/2+ vs 3+"}
@@ -118,13 +98,15 @@ def test_train_register_score_evaluate(db_url: str, synthetic: Path) -> None:
 
 
 def test_class_missing_from_train_is_refused(db_url: str, synthetic: Path) -> None:
-    _curate(synthetic)
+    curate_synthetic(synthetic)
     with session_scope() as s:  # a split whose train partition gets nobody
-        create_split(s, actor="lab", name="notrain", seed=1,
-                     ratios={"train": 0.0, "val": 0.5, "test": 0.5})
+        create_split(
+            s, actor="lab", name="notrain", seed=1, ratios={"train": 0.0, "val": 0.5, "test": 0.5}
+        )
     with pytest.raises(ValueError, match="train"):
-        train_mod.train_model(actor="eng", split="notrain", profile_name="test", epochs=1,
-                              progress=False)
+        train_mod.train_model(
+            actor="eng", split="notrain", profile_name="test", epochs=1, progress=False
+        )
     with session_scope() as s:
         assert s.scalar(select(func.count()).select_from(ModelVersion)) == 0
 
@@ -132,15 +114,16 @@ def test_class_missing_from_train_is_refused(db_url: str, synthetic: Path) -> No
 def test_failed_registration_leaves_no_half_registered_model(
     db_url: str, synthetic: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _curate(synthetic)
+    curate_synthetic(synthetic)
 
     def broken_alias(*_a: object, **_k: object) -> None:
         raise RuntimeError("database went away")  # fault injection after MLflow registered
 
     monkeypatch.setattr(train_mod, "set_alias", broken_alias)
     with pytest.raises(RuntimeError, match="went away"):
-        train_mod.train_model(actor="eng", split="main", profile_name="test", epochs=1,
-                              progress=False)
+        train_mod.train_model(
+            actor="eng", split="main", profile_name="test", epochs=1, progress=False
+        )
     with session_scope() as s:
         assert s.scalar(select(func.count()).select_from(ModelVersion)) == 0
     configure(get_settings())

@@ -1,0 +1,121 @@
+"""Training, registration and scoring against a real ``mlflow server`` on loopback whose backend
+store is PostgreSQL (artefacts proxied by the server), as in production."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+from her2ops.config import get_settings
+from her2ops.pipelines import train as train_mod
+from her2ops.pipelines.score import score_cores
+from her2ops.pipelines.tracking import configure
+from tests.conftest import PG_ADMIN_URL, _pg_admin_conn, _pg_url
+from tests.factories import curate_synthetic
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path) -> Iterator[str]:
+    try:
+        conn = _pg_admin_conn()
+    except Exception as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true but PostgreSQL is unreachable at {PG_ADMIN_URL}: {exc}")
+        pytest.skip(f"PostgreSQL unreachable: {exc}")
+    dbname = f"her2ops_mlflow_{uuid.uuid4().hex[:8]}"
+    with conn:
+        conn.execute(f'CREATE DATABASE "{dbname}"')
+    port = _free_port()
+    log = (tmp_path / "mlflow-server.log").open("w")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            _pg_url(dbname),
+            "--artifacts-destination",
+            str(tmp_path / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    "mlflow server did not start:\n"
+                    + (tmp_path / "mlflow-server.log").read_text()[-3000:]
+                )
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+        with _pg_admin_conn() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+
+def test_train_and_score_through_mlflow_server(
+    db_url: str, synthetic: Path, mlflow_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not db_url.startswith("postgresql"):
+        pytest.skip("production path: PostgreSQL for both her2ops and MLflow")
+    torch.set_num_threads(1)
+    monkeypatch.setenv("HER2OPS_MLFLOW_TRACKING_URI", mlflow_server)
+    get_settings.cache_clear()
+    curate_synthetic(synthetic)
+    out = train_mod.train_model(
+        actor="eng", split="main", profile_name="test", epochs=1, progress=False
+    )
+    configure()
+    assert mlflow.get_tracking_uri() == mlflow_server
+    client = mlflow.MlflowClient()
+    assert client.get_run(out.run_id).info.status == "FINISHED"
+    assert str(client.get_model_version_by_alias("her2-pss", "challenger").version) == "1"
+    # scoring downloads the weights through the server's artefact proxy
+    rep = score_cores(
+        actor="eng", model_ref="challenger", split="main", partition="test", progress=False
+    )
+    assert rep.scored > 0
