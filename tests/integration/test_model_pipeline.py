@@ -129,3 +129,13 @@ def test_failed_registration_leaves_no_half_registered_model(
     configure(get_settings())
     versions = mlflow.MlflowClient().search_model_versions("name='her2-pss'")
     assert versions == []
+
+
+def test_profile_geometry_that_does_not_fit_is_refused(db_url: str, synthetic: Path) -> None:
+    curate_synthetic(synthetic)  # 128 px cores; the paper profile needs 1024 px
+    with pytest.raises(ValueError, match="at least 1024x1024 px"):
+        train_mod.train_model(
+            actor="eng", split="main", profile_name="paper", epochs=1, progress=False
+        )
+    with session_scope() as s:
+        assert s.scalar(select(func.count()).select_from(ModelVersion)) == 0

@@ -63,14 +63,28 @@ def main() -> None:
     print("All figures below are on SYNTHETIC cores made by 'her2ops synth', not patient data.")
 
     banner("1. Synthetic IHC cores, votes of five simulated pathologists, a TMA slide")
-    her2ops("synth", SYN, "--patients", patients, "--cores", cores, "--size", size,
-            "--seed", 7, "--contact-sheet", "--tma-slide")
+    her2ops(
+        "synth",
+        SYN,
+        "--patients",
+        patients,
+        "--cores",
+        cores,
+        "--size",
+        size,
+        "--seed",
+        7,
+        "--contact-sheet",
+        "--tma-slide",
+    )
 
     banner("2. Users and roles (the first user bootstraps; then only an admin adds users)")
     her2ops("users", "add", "admin", "--role", "admin")
-    for name, role in [("lab", "lab_manager"), ("eng", "engineer")] + [
-        (f"path{i}", "pathologist") for i in range(1, 6)
-    ] + [("adjudicator", "pathologist")]:
+    for name, role in (
+        [("lab", "lab_manager"), ("eng", "engineer")]
+        + [(f"path{i}", "pathologist") for i in range(1, 6)]
+        + [("adjudicator", "pathologist")]
+    ):
         her2ops("users", "add", name, "--role", role, user="admin")
 
     banner("3. Ingest into the pyramidal image store, import votes (re-running changes nothing)")
@@ -86,8 +100,18 @@ def main() -> None:
 
     banner("5. What the model sees: pyramid sampling sets of one stored core")
     first_core = _first_core()
-    her2ops("sample", first_core, "--profile", "demo", "--sets", 20, "--seed", 0,
-            "--png", ROOT / "pss_contact_sheet.png")
+    her2ops(
+        "sample",
+        first_core,
+        "--profile",
+        "demo",
+        "--sets",
+        20,
+        "--seed",
+        0,
+        "--png",
+        ROOT / "pss_contact_sheet.png",
+    )
 
     banner("6. TMA dearraying: cores found on a synthetic slide by Hough circles")
     slide = next((SYN / "tma").glob("*.png"), None)
@@ -96,11 +120,30 @@ def main() -> None:
 
     if train:
         banner("7. Train the 'demo' profile on the CPU (tracked and registered in MLflow)")
-        her2ops("train", "--split", "main", "--profile", "demo",
-                *(["--epochs", epochs] if epochs else []), user="eng")
+        her2ops(
+            "train",
+            "--split",
+            "main",
+            "--profile",
+            "demo",
+            *(["--epochs", epochs] if epochs else []),
+            user="eng",
+        )
         banner("8. Evaluate on the test partition with the paper's protocol (synthetic data)")
-        her2ops("evaluate", "challenger", "--split", "main", "--partition", "test",
-                "--study", "--study-sets", 60, "--draws", 10000, user="eng")
+        her2ops(
+            "evaluate",
+            "challenger",
+            "--split",
+            "main",
+            "--partition",
+            "test",
+            "--study",
+            "--study-sets",
+            60,
+            "--draws",
+            10000,
+            user="eng",
+        )
         banner("9. Promote to champion and score cores")
         her2ops("models", "promote", "challenger", user="eng")
         her2ops("models", "list")
@@ -110,8 +153,10 @@ def main() -> None:
     banner("Done")
     print(f"data dir: {ROOT}")
     print(f"  contact sheets: {SYN / 'contact_sheet.png'}, {ROOT / 'pss_contact_sheet.png'}")
-    print(f"  MLflow store:   {get_settings().resolved_mlflow_uri} "
-          f"(browse: mlflow ui --backend-store-uri {get_settings().resolved_mlflow_uri})")
+    print(
+        f"  MLflow store:   {get_settings().resolved_mlflow_uri} "
+        f"(browse: mlflow ui --backend-store-uri {get_settings().resolved_mlflow_uri})"
+    )
     print(f"demo took {time.perf_counter() - started:.0f} s")
 
 

@@ -54,6 +54,23 @@ class TrainOutcome:
         return dict(self.__dict__)
 
 
+def check_geometry(profile: Profile, items: list[SnapshotItem]) -> None:
+    """Refuse, before any training, cores too small for the profile's PSS geometry."""
+    pss = profile.pss
+    if pss.pad_small:
+        return
+    deepest = max(pss.patches_per_level)
+    need = pss.patch_size * (2**deepest)
+    small = [i for i in items if min(i.width, i.height) < need]
+    if small:
+        shown = ", ".join(f"{i.core} ({i.width}x{i.height})" for i in small[:5])
+        more = f" and {len(small) - 5} more" if len(small) > 5 else ""
+        raise ValueError(
+            f"profile {profile.name!r} samples {pss.patch_size} px patches at pyramid level "
+            f"{deepest}, so cores must be at least {need}x{need} px; too small: {shown}{more}"
+        )
+
+
 def _items(snapshot: list[SnapshotItem], partition: str) -> list[Any]:
     from her2ops.models.data import LabelledCore
 
@@ -84,6 +101,7 @@ def train_model(
     with session_scope() as s:
         require(s, actor, "models.train")
         snapshot, snapshot_hash = label_snapshot(s, split)
+    check_geometry(profile, [i for i in snapshot if i.partition in ("train", "val")])
     train_items, val_items = _items(snapshot, "train"), _items(snapshot, "val")
     from her2ops.models.data import check_label_coverage
 

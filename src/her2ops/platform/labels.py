@@ -68,6 +68,8 @@ class SnapshotItem:
     store_location: str
     label: int
     partition: str
+    width: int = 0
+    height: int = 0
 
 
 def label_snapshot(session: Session, split: str) -> tuple[list[SnapshotItem], str]:
@@ -78,7 +80,15 @@ def label_snapshot(session: Session, split: str) -> tuple[list[SnapshotItem], st
     get_split(session, split)
     parts = patient_partitions(session, split)
     q = (
-        select(Core.code, Core.sha256, Core.store_location, Core.patient_id, ConsensusLabel.score)
+        select(
+            Core.code,
+            Core.sha256,
+            Core.store_location,
+            Core.patient_id,
+            ConsensusLabel.score,
+            Core.width,
+            Core.height,
+        )
         .join(ConsensusLabel, ConsensusLabel.core_id == Core.id)
         .where(
             ConsensusLabel.is_current.is_(True),
@@ -87,8 +97,8 @@ def label_snapshot(session: Session, split: str) -> tuple[list[SnapshotItem], st
         .order_by(Core.code)
     )
     items = [
-        SnapshotItem(code, sha, loc or "", int(score), parts[pid])
-        for code, sha, loc, pid, score in session.execute(q)
+        SnapshotItem(code, sha, loc or "", int(score), parts[pid], w, h)
+        for code, sha, loc, pid, score, w, h in session.execute(q)
         if pid in parts and score is not None
     ]
     digest = hashlib.sha256(
