@@ -1,0 +1,374 @@
+"""Benchmark the PSS sampler on a 10,000 x 10,000 synthetic core, pinned to one CPU core.
+
+Cases, each measured in its own subprocess so that memory figures do not pollute each other:
+
+- ``naive``: what a script would do: decode the whole PNG with Pillow, crop the level-0 patches,
+  crop and resize the level-1 patches, resize the whole core to one patch (one set);
+- ``generic``: one set as independent region reads through a generic reader (OpenSlide on the
+  stored pyramidal TIFF, one ``read_region`` per patch, no shared decoding), the paper's way;
+- ``one``: one set from the store (the training case): open, plan, sample, close;
+- ``many``: N sets (the inference case) streamed through ``iter_sets`` with one tile cache.
+
+Memory is the peak resident set size above the subprocess's baseline (after imports), read
+from ``/proc/self/status`` (VmHWM, reset through ``/proc/self/clear_refs`` where allowed).
+Nothing is asserted; the table ends with PASS/FAIL against the issue's targets.
+
+Usage: ``PYTHONPATH=src python benchmarks/bench_pss.py [--size 10000] [--sets 20]``
+"""
+
+from __future__ import annotations
+
+import os
+
+# Pin threads before numpy and the codecs load their thread pools.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+TARGET_ONE_S, TARGET_ONE_MB = 0.15, 100.0
+TARGET_MANY_S, TARGET_MANY_MB = 1.0, 400.0
+TARGET_RATIO = 10.0
+MAX_PIXELS = 400_000_000
+
+
+def _pin() -> None:
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+
+
+# --- memory ---------------------------------------------------------------------------------------
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
+# --- synthetic core -------------------------------------------------------------------------------
+
+
+def synth_core(size: int, seed: int = 0) -> np.ndarray:
+    """A round IHC-like core on white glass: stain fields, nuclei, membranes, pixel noise."""
+    from PIL import Image
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    mid = size // 4
+    # stain amounts at 1/4 resolution: smooth hematoxylin and DAB fields, then nuclei
+    coarse = ndimage.gaussian_filter(rng.standard_normal((mid // 8, mid // 8, 2)), (3, 3, 0))
+    fields = (
+        np.asarray(
+            Image.fromarray(
+                ((coarse - coarse.min()) / np.ptp(coarse) * 255).astype(np.uint8)[..., 0]
+            ).resize((mid, mid), Image.Resampling.BILINEAR),
+            dtype=np.float32,
+        )
+        / 255.0
+    )
+    dab_f = (
+        np.asarray(
+            Image.fromarray(
+                ((coarse - coarse.min()) / np.ptp(coarse) * 255).astype(np.uint8)[..., 1]
+            ).resize((mid, mid), Image.Resampling.BILINEAR),
+            dtype=np.float32,
+        )
+        / 255.0
+    )
+    speckle = ndimage.gaussian_filter(rng.standard_normal((mid, mid)).astype(np.float32), 1.2)
+    nuclei = (speckle > 0.35).astype(np.float32)
+    membranes = (np.abs(speckle) < 0.03).astype(np.float32) * dab_f
+    hema = 0.25 + 0.5 * fields + 1.2 * nuclei
+    dab = 0.9 * membranes + 0.3 * np.clip(dab_f - 0.5, 0, None)
+    # Beer-Lambert mix of hematoxylin (blue) and DAB (brown) optical densities
+    od = hema[..., None] * np.array([0.65, 0.70, 0.29]) + dab[..., None] * np.array(
+        [0.27, 0.57, 0.78]
+    )
+    small = (255 * np.exp(-od * 1.2)).clip(0, 255).astype(np.uint8)
+    yy, xx = np.mgrid[0:mid, 0:mid]
+    radius = mid * 0.47
+    inside = (yy - mid / 2) ** 2 + (xx - mid / 2) ** 2 < radius**2
+    small[~inside] = 244
+    image = np.asarray(Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC))
+    image = np.array(image)  # writable
+    step = 512
+    for y in range(0, size, step):  # pixel noise in strips, to keep memory flat
+        noise = rng.integers(-6, 7, size=(min(step, size - y), size, 1), dtype=np.int16)
+        strip = image[y : y + step].astype(np.int16) + noise
+        image[y : y + step] = strip.clip(0, 255).astype(np.uint8)
+    return image
+
+
+def prepare(cache: Path, size: int) -> tuple[Path, Path, str]:
+    """Make (or reuse) the synthetic PNG and its stored pyramid; returns png, store root, sha."""
+    from PIL import Image
+
+    from her2ops.imaging.readers import file_sha256
+    from her2ops.imaging.store import CoreStore
+
+    cache.mkdir(parents=True, exist_ok=True)
+    png = cache / f"core-{size}.png"
+    if not png.exists():
+        t0 = time.perf_counter()
+        image = synth_core(size)
+        tmp = png.with_suffix(".tmp.png")
+        Image.fromarray(image).save(tmp, compress_level=1)
+        os.replace(tmp, png)
+        del image
+        print(f"made {png} in {time.perf_counter() - t0:.1f} s", flush=True)
+    sha = file_sha256(png)
+    store = CoreStore(cache / "store")
+    if not store.has(sha):
+        t0 = time.perf_counter()
+        store.put(png, max_pixels=MAX_PIXELS, sha256=sha)
+        print(f"ingested into {store.path_for(sha)} in {time.perf_counter() - t0:.1f} s")
+    return png, cache / "store", sha
+
+
+# --- cases (run in a subprocess) ------------------------------------------------------------------
+
+
+def _case_naive(png: Path, cfg: object, repeat: int) -> list[float]:
+    from PIL import Image
+
+    from her2ops.imaging.pss import PSSConfig, set_rng
+
+    assert isinstance(cfg, PSSConfig)
+    size = cfg.patch_size
+    times = []
+    for index in range(repeat):
+        t0 = time.perf_counter()
+        Image.MAX_IMAGE_PIXELS = None
+        with Image.open(png) as im:
+            full = im.convert("RGB")
+        rng = set_rng(key="bench", seed=0, index=index)
+        out = np.empty((cfg.channels, size, size), dtype=np.uint8)
+        slot = 0
+        for level in sorted(cfg.patches_per_level):
+            scale = 2**level
+            span = size * scale
+            for _ in range(cfg.patches_per_level[level]):
+                y = int(rng.integers(0, full.height - span + 1))
+                x = int(rng.integers(0, full.width - span + 1))
+                patch = full.crop((x, y, x + span, y + span))
+                if scale > 1:
+                    patch = patch.resize((size, size), Image.Resampling.BOX)
+                out[slot : slot + 3] = np.asarray(patch).transpose(2, 0, 1)
+                slot += 3
+        if cfg.whole_core:
+            whole = full.resize((size, size), Image.Resampling.LANCZOS)
+            out[slot : slot + 3] = np.asarray(whole).transpose(2, 0, 1)
+        del full
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _case_generic(store_root: Path, sha: str, cfg: object, repeat: int) -> list[float]:
+    import openslide
+
+    from her2ops.imaging.pss import PSSConfig, plan_set, whole_core_patch
+    from her2ops.imaging.store import CoreStore
+
+    assert isinstance(cfg, PSSConfig)
+    store = CoreStore(store_root)
+    size = cfg.patch_size
+    times = []
+    for index in range(repeat):
+        with store.open(sha) as img:  # only to draw the same kind of positions
+            plan = plan_set(img, cfg, key="bench", seed=0, index=index)
+            whole_core_patch(img, cfg)
+        t0 = time.perf_counter()
+        slide = openslide.OpenSlide(str(store.path_for(sha)))
+        out = np.empty((cfg.channels, size, size), dtype=np.uint8)
+        for i, (level, y, x) in enumerate(plan.patches):
+            scale = 2**level  # OpenSlide takes level-0 coordinates
+            rgba = slide.read_region((x * scale, y * scale), level, (size, size))
+            out[3 * i : 3 * i + 3] = np.asarray(rgba)[..., :3].transpose(2, 0, 1)
+        slide.close()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _case_store(
+    store_root: Path, sha: str, cfg: object, repeat: int, n_sets: int
+) -> tuple[list[float], dict[str, float]]:
+    from her2ops.imaging.pss import PSSConfig, iter_sets, sample_set
+    from her2ops.imaging.store import CoreStore
+
+    assert isinstance(cfg, PSSConfig)
+    store = CoreStore(store_root)
+    times = []
+    extra: dict[str, float] = {}
+    for rep in range(repeat):
+        t0 = time.perf_counter()
+        with store.open(sha, core="bench") as img:
+            if n_sets == 1:
+                sample_set(img, cfg, key="bench", seed=0, index=rep)
+            else:
+                start = rep * n_sets
+                for _ in iter_sets(
+                    img, cfg, key="bench", seed=0, indices=range(start, start + n_sets)
+                ):
+                    pass  # a model would consume the set here
+            extra = {
+                "tiles_decoded": img.tiles_decoded,
+                "tiles_stored": sum(-(-h // 256) * -(-w // 256) for h, w in img.level_shapes[:2]),
+                "cache_peak_mb": img.peak_cache_bytes / 2**20,
+            }
+        times.append(time.perf_counter() - t0)
+    return times, extra
+
+
+def run_case(args: argparse.Namespace) -> None:
+    """Subprocess entry: run one case, print a JSON line with its figures."""
+    _pin()
+    from her2ops.imaging import pss, store  # noqa: F401  (imports belong to the baseline)
+    from her2ops.profiles import get_profile
+
+    if args.case == "naive":
+        import PIL.Image  # noqa: F401
+    if args.case == "generic":
+        import openslide  # noqa: F401
+
+    cfg = get_profile(args.profile).pss
+    baseline_kb = _status_kb("VmRSS")
+    exact = _reset_peak()
+    extra: dict[str, float] = {}
+    if args.case == "naive":
+        times = _case_naive(Path(args.png), cfg, args.repeat)
+    elif args.case == "generic":
+        times = _case_generic(Path(args.store), args.sha, cfg, args.repeat)
+    elif args.case == "one":
+        times, extra = _case_store(Path(args.store), args.sha, cfg, args.repeat, 1)
+    else:
+        times, extra = _case_store(Path(args.store), args.sha, cfg, args.repeat, args.sets)
+    peak_kb = _status_kb("VmHWM")
+    print(
+        json.dumps(
+            {
+                "case": args.case,
+                "times": times,
+                "peak_mb": (peak_kb - baseline_kb) / 1024,
+                "baseline_mb": baseline_kb / 1024,
+                "peak_exact": exact,
+                **extra,
+            }
+        )
+    )
+
+
+# --- driver ---------------------------------------------------------------------------------------
+
+
+def _spawn(case: str, args: argparse.Namespace, png: Path, root: Path, sha: str) -> dict:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--case",
+        case,
+        "--png",
+        str(png),
+        "--store",
+        str(root),
+        "--sha",
+        sha,
+        "--profile",
+        args.profile,
+        "--sets",
+        str(args.sets),
+        "--repeat",
+        str(args.naive_repeat if case in ("naive", "generic") else args.repeat),
+    ]
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ.copy())
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def main() -> None:
+    """Run every case and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=10_000)
+    parser.add_argument("--sets", type=int, default=20)
+    parser.add_argument("--profile", default="paper")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--naive-repeat", type=int, default=2)
+    parser.add_argument(
+        "--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "her2ops-bench"
+    )
+    parser.add_argument("--case", choices=["naive", "generic", "one", "many"])
+    parser.add_argument("--png")
+    parser.add_argument("--store")
+    parser.add_argument("--sha")
+    args = parser.parse_args()
+    if args.case:
+        run_case(args)
+        return
+
+    _pin()
+    png, root, sha = prepare(args.cache_dir, args.size)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    results = {case: _spawn(case, args, png, root, sha) for case in ("naive", "generic", "one")}
+    results["many"] = _spawn("many", args, png, root, sha)
+    best = {case: min(r["times"]) for case, r in results.items()}
+    med = {case: statistics.median(r["times"]) for case, r in results.items()}
+
+    print(f"\nPSS benchmark: {args.size} x {args.size} core, profile {args.profile}, one CPU core")
+    print(f"(load average at start {load:.2f} on {os.cpu_count()} CPUs)")
+    print(f"{'case':<48} {'best s':>8} {'median s':>9} {'peak MB':>8}")
+    labels = {
+        "naive": "naive (Pillow decode PNG, crop, resize), 1 set",
+        "generic": "generic reader (OpenSlide per patch), 1 set",
+        "one": "store, 1 set (training)",
+        "many": f"store, {args.sets} sets (inference)",
+    }
+    for case, label in labels.items():
+        print(f"{label:<48} {best[case]:>8.3f} {med[case]:>9.3f} {results[case]['peak_mb']:>8.1f}")
+    ratio = best["naive"] / best["one"]
+    many = results["many"]
+    print(
+        f"\nspeed-up of one set over naive: {ratio:.1f}x (medians: "
+        f"{med['naive'] / med['one']:.1f}x); over the generic reader: "
+        f"{best['generic'] / best['one']:.1f}x"
+    )
+    print(
+        f"{args.sets} sets decoded {many['tiles_decoded']:.0f} tiles "
+        f"({many['tiles_stored']:.0f} tiles in levels 0-1); tile cache peak "
+        f"{many['cache_peak_mb']:.0f} MB; {args.repeat} runs per store case, "
+        f"{args.naive_repeat} for naive/generic; PASS/FAIL on the best run (as timeit does: "
+        "other load only adds time)"
+    )
+    if not all(r["peak_exact"] for r in results.values()):
+        print("note: peak RSS could not be reset; peaks include import-time allocations")
+    checks = [
+        (f"1 set <= {TARGET_ONE_S} s", best["one"] <= TARGET_ONE_S),
+        (f"1 set <= {TARGET_ONE_MB:.0f} MB", results["one"]["peak_mb"] <= TARGET_ONE_MB),
+        (f"{args.sets} sets <= {TARGET_MANY_S} s", best["many"] <= TARGET_MANY_S),
+        (f"{args.sets} sets <= {TARGET_MANY_MB:.0f} MB", many["peak_mb"] <= TARGET_MANY_MB),
+        (f"1 set >= {TARGET_RATIO:.0f}x faster than naive", ratio >= TARGET_RATIO),
+    ]
+    for label, ok in checks:
+        print(f"{'PASS' if ok else 'FAIL'}  {label}")
+
+
+if __name__ == "__main__":
+    main()
