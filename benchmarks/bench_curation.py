@@ -56,12 +56,16 @@ def main() -> int:
     if args.json:
         print(json.dumps(results, indent=2))
     else:
-        print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-              f"PostgreSQL on 127.0.0.1")
+        print(
+            f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+            f"PostgreSQL on 127.0.0.1"
+        )
         print(f"{'step':<28}{'rows':>10}{'seconds':>10}{'target':>10}{'ratio':>8}  verdict")
         for r in results["steps"]:
-            print(f"{r['step']:<28}{r['rows']:>10}{r['seconds']:>10.2f}{r['target_s']:>10.1f}"
-                  f"{r['seconds'] / r['target_s']:>8.2f}  {'PASS' if r['pass'] else 'FAIL'}")
+            print(
+                f"{r['step']:<28}{r['rows']:>10}{r['seconds']:>10.2f}{r['target_s']:>10.1f}"
+                f"{r['seconds'] / r['target_s']:>8.2f}  {'PASS' if r['pass'] else 'FAIL'}"
+            )
     return 0 if all(r["pass"] for r in results["steps"]) else 1
 
 
@@ -78,12 +82,22 @@ def run(url: str, n_cores: int, per_core: int) -> dict[str, object]:
     with session_scope(url) as s:
         n_patients = n_cores // 2
         s.execute(insert(Patient), [{"code": f"P{i:06d}"} for i in range(n_patients)])
-        s.execute(insert(Core), [
-            {"code": f"C{i:06d}", "patient_id": i // 2 + 1, "source_path": "-",
-             "sha256": f"{i:064d}", "width": 1, "height": 1, "status": "ingested",
-             "needs_consensus": False}
-            for i in range(n_cores)
-        ])
+        s.execute(
+            insert(Core),
+            [
+                {
+                    "code": f"C{i:06d}",
+                    "patient_id": i // 2 + 1,
+                    "source_path": "-",
+                    "sha256": f"{i:064d}",
+                    "width": 1,
+                    "height": 1,
+                    "status": "ingested",
+                    "needs_consensus": False,
+                }
+                for i in range(n_cores)
+            ],
+        )
     setup_s = time.perf_counter() - t
 
     truth = rng.choice(4, size=n_cores, p=[0.17, 0.36, 0.21, 0.26])
@@ -113,13 +127,23 @@ def run(url: str, n_cores: int, per_core: int) -> dict[str, object]:
     consensus_s = time.perf_counter() - t
     steps = [
         {"step": "import votes", "rows": report.added, "seconds": import_s, "target_s": 20.0},
-        {"step": "consensus (all dirty)", "rows": cons.evaluated, "seconds": consensus_s,
-         "target_s": 10.0},
+        {
+            "step": "consensus (all dirty)",
+            "rows": cons.evaluated,
+            "seconds": consensus_s,
+            "target_s": 10.0,
+        },
     ]
     for st in steps:
         st["pass"] = st["seconds"] <= st["target_s"]
-    return {"cores": n_cores, "votes": report.added, "setup_s": setup_s, "steps": steps,
-            "by_status": cons.by_status, "python": sys.version.split()[0]}
+    return {
+        "cores": n_cores,
+        "votes": report.added,
+        "setup_s": setup_s,
+        "steps": steps,
+        "by_status": cons.by_status,
+        "python": sys.version.split()[0],
+    }
 
 
 if __name__ == "__main__":

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+# Importing the command modules registers their commands on ``app``.
+from her2ops.cli import curation as _curation
+from her2ops.cli import imaging as _imaging
+from her2ops.cli import model as _model
+from her2ops.cli import pipeline as _pipeline
+from her2ops.cli import synth as _synth
 from her2ops.cli._app import app
 
-# Importing the command modules registers their commands on ``app``.
-from her2ops.cli import curation as _curation  # noqa: E402,F401
-from her2ops.cli import imaging as _imaging  # noqa: E402,F401
-from her2ops.cli import model as _model  # noqa: E402,F401
-from her2ops.cli import pipeline as _pipeline  # noqa: E402,F401
-from her2ops.cli import synth as _synth  # noqa: E402,F401
+_COMMAND_MODULES = (_curation, _imaging, _model, _pipeline, _synth)
 
 
 def main() -> None:
