@@ -43,6 +43,8 @@ def train(
             device=device,
             progress=not json_out,
         )
+    if out.version < 0:
+        return  # a non-zero torchrun rank: rank 0 reports
     if json_out:
         emit_json(out.to_dict())
         return

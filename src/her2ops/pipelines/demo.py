@@ -27,7 +27,7 @@ def banner(title: str) -> None:
     print(f"\n=== {title} " + "=" * max(0, 70 - len(title)), flush=True)
 
 
-def her2ops(*args: str, user: str | None = None) -> None:
+def her2ops(*args: object, user: str | None = None) -> None:
     """Run one CLI command in-process, echoing it like a shell would."""
     from her2ops.cli import app
 

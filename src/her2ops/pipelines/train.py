@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch.distributed as dist
 
 from her2ops.config import get_settings
+from her2ops.models.distributed import setup_distributed
 from her2ops.platform import audit
 from her2ops.platform.access import require
 from her2ops.platform.db import session_scope
@@ -89,12 +91,7 @@ def train_model(
     progress: bool = True,
 ) -> TrainOutcome:
     """Train, log, register. ``resume_run`` continues a killed run from its last checkpoint."""
-    import mlflow
-
-    from her2ops.models.data import PSSDataset
-    from her2ops.models.training import FitConfig, fit
-    from her2ops.pipelines.sampling import StoreSampler
-    from her2ops.pipelines.tracking import code_version, configure
+    from her2ops.models.data import check_label_coverage
 
     settings = get_settings()
     profile: Profile = get_profile(profile_name)
@@ -103,30 +100,90 @@ def train_model(
         snapshot, snapshot_hash = label_snapshot(s, split)
     check_geometry(profile, [i for i in snapshot if i.partition in ("train", "val")])
     train_items, val_items = _items(snapshot, "train"), _items(snapshot, "val")
-    from her2ops.models.data import check_label_coverage
-
     check_label_coverage([i.label for i in train_items])
     if not val_items:
         raise ValueError(f"split {split!r} has no labelled cores in its val partition")
 
-    experiment_id = configure(settings)
-    client = mlflow.MlflowClient()
-    if resume_run:
-        run = client.get_run(resume_run)
-        if run.data.params.get("label_snapshot_hash") != snapshot_hash:
-            raise ValueError(
-                f"run {resume_run} was trained on other labels (snapshot "
-                f"{run.data.params.get('label_snapshot_hash')}, now {snapshot_hash})"
-            )
-        run_id = resume_run
-    else:
-        run_id = client.create_run(experiment_id, run_name=f"{profile.name}-{split}").info.run_id
+    # Under torchrun every rank runs this function: rank 0 owns the MLflow run, the split
+    # freeze and the registration; the others only train, in the run folder rank 0 names.
+    ctx, _ = setup_distributed(device)
+    try:
+        return _train(
+            ctx,
+            settings,
+            profile,
+            split,
+            snapshot_hash,
+            train_items,
+            val_items,
+            epochs=epochs,
+            resume_run=resume_run,
+            seed=seed,
+            device=device,
+            progress=progress,
+            actor=actor,
+        )
+    finally:
+        if ctx.owns_group:
+            dist.destroy_process_group()
+
+
+def _train(
+    ctx: Any,
+    settings: Any,
+    profile: Profile,
+    split: str,
+    snapshot_hash: str,
+    train_items: list[Any],
+    val_items: list[Any],
+    *,
+    epochs: int | None,
+    resume_run: str | None,
+    seed: int,
+    device: str | None,
+    progress: bool,
+    actor: str | None,
+) -> TrainOutcome:
+    import mlflow
+
+    from her2ops.models.data import PSSDataset
+    from her2ops.models.training import FitConfig, fit
+    from her2ops.pipelines.sampling import StoreSampler
+    from her2ops.pipelines.tracking import code_version, configure
+
+    client = mlflow.MlflowClient() if ctx.is_main else None
+    run_id = resume_run or ""
+    if ctx.is_main:
+        experiment_id = configure(settings)
+        client = mlflow.MlflowClient()
+        if resume_run:
+            run = client.get_run(resume_run)
+            if run.data.params.get("label_snapshot_hash") != snapshot_hash:
+                raise ValueError(
+                    f"run {resume_run} was trained on other labels (snapshot "
+                    f"{run.data.params.get('label_snapshot_hash')}, now {snapshot_hash})"
+                )
+            client.update_run(resume_run, status="RUNNING")
+        else:
+            run_id = client.create_run(
+                experiment_id, run_name=f"{profile.name}-{split}"
+            ).info.run_id
+        with session_scope() as s:
+            freeze_split(s, name=split, reason=f"trained on by MLflow run {run_id}")
+    if ctx.enabled:
+        box = [run_id]
+        dist.broadcast_object_list(box, src=0)
+        run_id = str(box[0])
     out_dir = settings.data_dir / "runs" / run_id
-    with session_scope() as s:
-        freeze_split(s, name=split, reason=f"trained on by MLflow run {run_id}")
 
     sampler = StoreSampler(settings.resolved_store_dir, profile.pss)
-    train_ds = PSSDataset(train_items, sampler, train=True, seed=seed)
+    train_ds = PSSDataset(
+        train_items,
+        sampler,
+        train=True,
+        seed=seed,
+        sets_per_core=profile.recipe.train_sets_per_core,
+    )
     val_ds = PSSDataset(
         val_items, sampler, train=False, seed=seed, sets_per_core=profile.recipe.val_sets_per_core
     )
@@ -139,7 +196,8 @@ def train_model(
         resume=bool(resume_run),
         progress=progress,
     )
-    if not resume_run:
+    if ctx.is_main and not resume_run:
+        assert client is not None
         params = {
             "profile": profile.name,
             "arch": profile.arch,
@@ -160,12 +218,14 @@ def train_model(
             "weight_decay": profile.recipe.weight_decay,
             "plateau_patience": profile.recipe.plateau_patience,
             "early_stopping_patience": cfg.early_stopping_patience,
+            "train_sets_per_core": profile.recipe.train_sets_per_core,
         }
         client.log_batch(
             run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in params.items()]
         )
 
     def on_epoch_end(epoch: int, metrics: dict[str, float], _state: Any) -> None:
+        assert client is not None  # fit calls this on rank 0 only
         now = int(time.time() * 1000)
         client.log_batch(
             run_id,
@@ -180,11 +240,27 @@ def train_model(
     try:
         result = fit(cfg, train_ds, val_ds, on_epoch_end=on_epoch_end)
     except BaseException:
-        client.set_terminated(run_id, status="FAILED")
+        if client is not None:
+            client.set_terminated(run_id, status="FAILED")
         raise
     finally:
         sampler.close()
     seconds = time.perf_counter() - t0
+    if not ctx.is_main:
+        return TrainOutcome(
+            run_id=run_id,
+            version=-1,
+            name=settings.registered_model_name,
+            label_snapshot_hash=snapshot_hash,
+            n_train=len(train_items),
+            n_val=len(val_items),
+            epochs_run=result.epochs_run,
+            best_epoch=result.best_epoch,
+            best_val_loss=result.best_val_loss,
+            skipped=result.skipped,
+            seconds=seconds,
+            history=result.history,
+        )
     version = _register(
         run_id=run_id,
         profile=profile,
