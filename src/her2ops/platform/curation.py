@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from her2ops.imaging.readers import ImageError, ImageInfo, inspect_image
+from her2ops.imaging.readers import ImageError, ImageInfo, read_rgb
 from her2ops.imaging.store import CoreStore, StoreError
 from her2ops.platform import audit
 from her2ops.platform.access import require, user_count
@@ -84,6 +84,7 @@ class _Candidate:
     grid_row: int | None
     grid_col: int | None
     site: str | None
+    sha256: str = ""
     info: ImageInfo | None = None
 
 
@@ -195,17 +196,21 @@ def ingest_manifest(
     }
     patient_of_core_id = {p.id: p.code for p in existing_patients.values()}
 
+    # Hash every file first (cheap, streaming): duplicates and re-runs are recognised before
+    # any image is decoded, and each new image is then decoded exactly once.
     valid: list[_Candidate] = []
     seen_sha: dict[str, _Candidate] = {}
-    for cand in progress(candidates):
-        try:
-            cand.info = inspect_image(cand.image, max_pixels=max_pixels)
-        except ImageError as exc:
-            errors.append(RowError(cand.row.line, str(exc), cand.core))
+    for cand in candidates:
+        if not cand.image.is_file():
+            errors.append(RowError(cand.row.line, f"{cand.image}: no such file", cand.core))
             continue
-        sha = cand.info.sha256
-        if sha in seen_sha:
-            other = seen_sha[sha]
+        try:
+            cand.sha256 = file_sha256(cand.image)
+        except OSError as exc:
+            errors.append(RowError(cand.row.line, f"{cand.image}: cannot read: {exc}", cand.core))
+            continue
+        other = seen_sha.get(cand.sha256)
+        if other is not None:
             errors.append(
                 RowError(
                     cand.row.line,
@@ -214,20 +219,19 @@ def ingest_manifest(
                 )
             )
             continue
-        seen_sha[sha] = cand
+        seen_sha[cand.sha256] = cand
         valid.append(cand)
 
     by_sha = {c.sha256: c for c in _in_chunks(session, Core, Core.sha256, list(seen_sha))}
     to_add: list[_Candidate] = []
     for cand in valid:
-        assert cand.info is not None
         existing = existing_cores.get(cand.core)
         if existing is not None:
             same_patient = patient_of_core_id.get(existing.patient_id) == cand.patient
-            if existing.sha256 == cand.info.sha256 and same_patient:
+            if existing.sha256 == cand.sha256 and same_patient:
                 report.already_present.append(cand.core)
             else:
-                what = "image" if existing.sha256 != cand.info.sha256 else "patient"
+                what = "image" if existing.sha256 != cand.sha256 else "patient"
                 errors.append(
                     RowError(
                         cand.row.line,
@@ -236,7 +240,7 @@ def ingest_manifest(
                     )
                 )
             continue
-        holder = by_sha.get(cand.info.sha256)
+        holder = by_sha.get(cand.sha256)
         if holder is not None:
             errors.append(
                 RowError(
@@ -258,18 +262,22 @@ def ingest_manifest(
             continue
         to_add.append(cand)
 
-    if errors and not skip_invalid:
-        raise ImportRejected(str(manifest), sorted(errors, key=lambda e: e.line))
-
+    # Validate (size limit before decoding, full decode) and store each new image in one pass.
+    # Store files of rows rejected later are harmless: the store is content-addressed.
     stored: dict[str, str] = {}
-    for cand in to_add:
-        assert cand.info is not None
+    for cand in progress(to_add):
         try:
-            stored[cand.core] = store.put(
-                cand.image, max_pixels=max_pixels, sha256=cand.info.sha256
-            ).location
-        except (StoreError, ImageError) as exc:
+            cand.info, rgb = read_rgb(cand.image, max_pixels=max_pixels, sha256=cand.sha256)
+        except ImageError as exc:
+            errors.append(RowError(cand.row.line, str(exc), cand.core))
+            continue
+        if errors and not skip_invalid:
+            continue  # the import will be rejected: validate the rest, store nothing more
+        try:
+            stored[cand.core] = _store_once(store, rgb, cand.sha256)
+        except (StoreError, OSError) as exc:
             errors.append(RowError(cand.row.line, f"could not store image: {exc}", cand.core))
+        del rgb
     if errors and not skip_invalid:
         raise ImportRejected(str(manifest), sorted(errors, key=lambda e: e.line))
     report.skipped = sorted(errors, key=lambda e: e.line)
@@ -333,6 +341,16 @@ def ingest_manifest(
             },
         )
     return report
+
+
+def _store_once(store: CoreStore, rgb: Any, sha256: str) -> str:
+    """Store location of ``sha256``, writing it unless an intact copy is already there."""
+    if store.has(sha256):
+        try:
+            return store.describe(sha256).location
+        except StoreError:
+            pass  # a damaged copy: rewrite it
+    return store.put_array(rgb, sha256=sha256).location
 
 
 def _in_chunks(session: Session, model: type[T], column: object, values: list[str]) -> list[T]:
