@@ -97,11 +97,10 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
 
 
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_train_and_score_through_mlflow_server(
     db_url: str, synthetic: Path, mlflow_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if not db_url.startswith("postgresql"):
-        pytest.skip("production path: PostgreSQL for both her2ops and MLflow")
     torch.set_num_threads(1)
     monkeypatch.setenv("HER2OPS_MLFLOW_TRACKING_URI", mlflow_server)
     get_settings.cache_clear()

@@ -26,9 +26,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_torchrun_two_cpu_ranks_register_once(db_url: str, synthetic: Path) -> None:
-    if not db_url.startswith("sqlite"):
-        pytest.skip("one dialect is enough for the launcher; PostgreSQL paths are tested above")
     curate_synthetic(synthetic)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [
