@@ -129,12 +129,20 @@ def print_evaluation(res: dict[str, Any]) -> None:
     typer.echo(f"  plots and JSON: {res['plots']}")
     if "study" in res:
         st = res["study"]
-        typer.echo(f"  N/k study over {st.get('draws')} draws ({st.get('seconds', 0):.2f} s):")
-        for p in st.get("vs_n", [])[:60]:
+        typer.echo(
+            f"  N/k study, accuracy over {st['draws']} random draws per point "
+            f"(M={st['outputs_per_core']} set outputs per core, {st['seconds']:.2f} s):"
+        )
+        show_n = {1, 2, 5, 10, 20, 50, 100, 200}
+        show_k = {1, 3, 5, 10, 20, 50, 100}
+        points = [("N", p) for p in st["vs_n"] if p["n"] in show_n]
+        points += [("k", p) for p in st["vs_k"] if p["k"] in show_k]
+        for axis, p in points:
             typer.echo(
-                f"    N={p['n']:<4} k={p['k']:<3} min {p['min']:.4f}  median "
-                f"{p['median']:.4f}  max {p['max']:.4f}"
+                f"    vs {axis}: N={p['n']:<4} k={p['k']:<3} min {p['min']:.4f}  "
+                f"median {p['median']:.4f}  max {p['max']:.4f}"
             )
+        typer.echo(f"  study plot: {res['plots']}/study.png")
 
 
 @app.command("evaluate")

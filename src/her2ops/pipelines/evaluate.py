@@ -153,6 +153,7 @@ def evaluate_model(
         result["study"] = run_study_for(
             mv=mv,
             items=scored,
+            partition=partition,
             study_sets=study_sets,
             draws=study_draws,
             n_values=study_n,
@@ -170,6 +171,7 @@ def run_study_for(
     *,
     mv: ModelVersion,
     items: list[Any],
+    partition: str,
     study_sets: int,
     draws: int,
     n_values: list[int] | None,
@@ -186,7 +188,7 @@ def run_study_for(
 
     settings = get_settings()
     profile = get_profile(mv.profile)
-    cache = out_dir / f"outputs_M{study_sets}.npz"
+    cache = out_dir / f"outputs_{partition}_M{study_sets}.npz"
     if cache.exists():
         data = np.load(cache)
         probs, labels = data["probs"], data["labels"]

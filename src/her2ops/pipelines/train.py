@@ -151,7 +151,7 @@ def _train(
     from her2ops.pipelines.sampling import StoreSampler
     from her2ops.pipelines.tracking import code_version, configure
 
-    client = mlflow.MlflowClient() if ctx.is_main else None
+    client: Any = None  # created after configure(): a bare MlflowClient() makes ./mlflow.db
     run_id = resume_run or ""
     if ctx.is_main:
         experiment_id = configure(settings)
