@@ -246,6 +246,14 @@ def _train(
     finally:
         sampler.close()
     seconds = time.perf_counter() - t0
+    if ctx.is_main and resume_run:
+        # A kill between an epoch's checkpoint and its metrics call loses those metrics:
+        # the checkpoint's history has them, so log the epochs MLflow lacks.
+        logged = {m.step for m in client.get_metric_history(run_id, "val_loss")}
+        for row in result.history:
+            if int(row["epoch"]) not in logged:
+                metrics = {k: v for k, v in row.items() if k != "epoch"}
+                on_epoch_end(int(row["epoch"]), metrics, None)
     if not ctx.is_main:
         return TrainOutcome(
             run_id=run_id,
