@@ -83,3 +83,9 @@ def db_session() -> Iterator[Any]:
                 )
         with session_scope(url) as session:
             yield session
+
+
+def ensure_database() -> None:
+    """Check (and for the embedded SQLite default, migrate) the database before long work."""
+    with db_session():
+        pass

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from her2ops.cli._app import actor, app, db_session, domain_errors, emit_json
+from her2ops.cli._app import actor, app, db_session, domain_errors, emit_json, ensure_database
 
 models_app = typer.Typer(help="Registered model versions.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
@@ -78,8 +78,7 @@ def score(
     from her2ops.pipelines.score import score_cores
     from her2ops.scores import SCORE_LABELS
 
-    with db_session():
-        pass
+    ensure_database()
     with domain_errors():
         rep = score_cores(
             actor=actor(),
@@ -163,8 +162,7 @@ def evaluate(
     """Accuracy, specificity, ROC AUCs, adjacent-class accuracy, kappa, ECE; logged to MLflow."""
     from her2ops.pipelines.evaluate import evaluate_model
 
-    with db_session():
-        pass
+    ensure_database()
     with domain_errors():
         res = evaluate_model(
             actor=actor(),

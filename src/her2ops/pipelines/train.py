@@ -254,32 +254,18 @@ def _train(
             if int(row["epoch"]) not in logged:
                 metrics = {k: v for k, v in row.items() if k != "epoch"}
                 on_epoch_end(int(row["epoch"]), metrics, None)
-    if not ctx.is_main:
-        return TrainOutcome(
+    version = -1  # non-zero torchrun ranks register nothing
+    if ctx.is_main:
+        version = _register(
             run_id=run_id,
-            version=-1,
-            name=settings.registered_model_name,
-            label_snapshot_hash=snapshot_hash,
-            n_train=len(train_items),
-            n_val=len(val_items),
-            epochs_run=result.epochs_run,
-            best_epoch=result.best_epoch,
-            best_val_loss=result.best_val_loss,
-            skipped=result.skipped,
-            seconds=seconds,
-            history=result.history,
+            profile=profile,
+            result=result,
+            split=split,
+            snapshot_hash=snapshot_hash,
+            val_items=val_items,
+            actor=actor,
+            device=device,
         )
-    version = _register(
-        run_id=run_id,
-        profile=profile,
-        result=result,
-        split=split,
-        snapshot_hash=snapshot_hash,
-        val_items=val_items,
-        sampler_root=settings,
-        actor=actor,
-        device=device,
-    )
     return TrainOutcome(
         run_id=run_id,
         version=version,
@@ -304,7 +290,6 @@ def _register(
     split: str,
     snapshot_hash: str,
     val_items: list[Any],
-    sampler_root: Any,
     actor: str | None,
     device: str | None,
 ) -> int:
