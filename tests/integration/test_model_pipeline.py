@@ -63,6 +63,12 @@ def test_train_register_score_evaluate(db_url: str, synthetic: Path) -> None:
     assert rep.scored > 0 and rep.already_scored == 0
     again = score_cores(actor="eng", model_ref="1", split="main", partition="test", progress=False)
     assert again.scored == 0 and again.already_scored == rep.scored  # idempotent
+    other = score_cores(
+        actor="eng", model_ref="1", split="main", partition="test", confidence="max", progress=False
+    )
+    assert other.scored == rep.scored  # another protocol is another prediction
+    with pytest.raises(ValueError, match="unknown confidence"):
+        score_cores(actor="eng", model_ref="1", cores=["C00001"], confidence="median")
     with session_scope() as s:
         pred = s.scalar(select(Prediction))
         assert pred is not None and len(pred.set_probs) == 6 and len(pred.kcs_indices) == 2
@@ -86,7 +92,7 @@ def test_train_register_score_evaluate(db_url: str, synthetic: Path) -> None:
     assert res["study"]["outputs_per_core"] == 12
     assert "test_accuracy" in client.get_run(out.run_id).data.metrics
     with session_scope() as s:
-        assert s.scalar(select(func.count()).select_from(Prediction)) == rep.scored
+        assert s.scalar(select(func.count()).select_from(Prediction)) == 2 * rep.scored
 
     with session_scope() as s:
         promote(s, actor="eng", ref="challenger", name="her2-pss")

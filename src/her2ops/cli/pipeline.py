@@ -156,6 +156,7 @@ def evaluate(
     ),
     study_sets: Annotated[int, typer.Option(help="Set outputs cached per core (M).")] = 300,
     draws: Annotated[int, typer.Option(help="Monte Carlo draws per point.")] = 10_000,
+    confidence: Annotated[str, typer.Option(help="margin, max or entropy.")] = "margin",
     device: DeviceOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -175,6 +176,7 @@ def evaluate(
             study=study,
             study_sets=study_sets,
             study_draws=draws,
+            confidence=confidence,
             progress=not json_out,
         )
     if json_out:

@@ -36,6 +36,7 @@ def evaluate_model(
     n_sets: int | None = None,
     top_k: int | None = None,
     seed: int = 0,
+    confidence: str = "margin",
     device: str | None = None,
     study: bool = False,
     study_sets: int = 300,
@@ -70,6 +71,7 @@ def evaluate_model(
         n_sets=n,
         top_k=k,
         seed=seed,
+        confidence=confidence,
         device=device,
         progress=progress,
     )
@@ -84,6 +86,7 @@ def evaluate_model(
                     Prediction.n_sets == n,
                     Prediction.top_k == k,
                     Prediction.seed == seed,
+                    Prediction.confidence == confidence,
                     Core.code.in_([i.core for i in items]),
                 )
             )
@@ -102,6 +105,7 @@ def evaluate_model(
         "n_sets": n,
         "top_k": k,
         "seed": seed,
+        "confidence": confidence,
         "labels_now": snapshot_hash,
         "cores": len(scored),
         "not_scored": len(items) - len(scored),
@@ -154,6 +158,7 @@ def evaluate_model(
             mv=mv,
             items=scored,
             partition=partition,
+            confidence=confidence,
             study_sets=study_sets,
             draws=study_draws,
             n_values=study_n,
@@ -172,6 +177,7 @@ def run_study_for(
     mv: ModelVersion,
     items: list[Any],
     partition: str,
+    confidence: str,
     study_sets: int,
     draws: int,
     n_values: list[int] | None,
@@ -222,7 +228,14 @@ def run_study_for(
     k_vals = k_values or [k for k in [*range(1, 21), 30, 50, 100] if k <= m]
     n_at = min(200, max(n_vals))
     res = run_study(
-        probs, labels, n_values=n_vals, k_values=k_vals, draws=draws, k_at=min(5, n_at), n_at=n_at
+        probs,
+        labels,
+        n_values=n_vals,
+        k_values=k_vals,
+        draws=draws,
+        k_at=min(5, n_at),
+        n_at=n_at,
+        confidence=confidence,
     )
     res.plot(out_dir / "study.png")
     summary = res.to_dict()

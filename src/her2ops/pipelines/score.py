@@ -108,7 +108,7 @@ def score_cores(
     progress: bool = True,
 ) -> ScoreReport:
     """Score the chosen cores; returns what was written and what was already there."""
-    from her2ops.models.inference import score_core
+    from her2ops.models.inference import CONFIDENCES, score_core
     from her2ops.pipelines.sampling import StoreSampler
 
     settings = get_settings()
@@ -119,6 +119,8 @@ def score_cores(
     profile = get_profile(mv.profile)
     n = n_sets or profile.n_sets
     k = top_k or profile.top_k
+    if confidence not in CONFIDENCES:
+        raise ValueError(f"unknown confidence {confidence!r}; use one of {', '.join(CONFIDENCES)}")
     if not 1 <= k <= n:
         raise ValueError(f"--top-k {k} must be between 1 and --sets {n}")
     targets = select_cores(cores=cores, split=split, partition=partition)
@@ -130,6 +132,7 @@ def score_cores(
                     Prediction.n_sets == n,
                     Prediction.top_k == k,
                     Prediction.seed == seed,
+                    Prediction.confidence == confidence,
                 )
             )
         )

@@ -236,7 +236,16 @@ class Prediction(Base):
 
     __tablename__ = "predictions"
     __table_args__ = (
-        UniqueConstraint("core_id", "model_version_id", "n_sets", "top_k", "seed"),
+        # one prediction per core, model version and protocol (N, k, seed, confidence)
+        UniqueConstraint(
+            "core_id",
+            "model_version_id",
+            "n_sets",
+            "top_k",
+            "seed",
+            "confidence",
+            name="uq_predictions_protocol",
+        ),
         CheckConstraint("final_score >= 0 AND final_score <= 3", name="final_score"),
     )
     id: Mapped[int] = mapped_column(IdType, primary_key=True)

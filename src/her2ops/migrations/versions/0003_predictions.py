@@ -53,7 +53,8 @@ def upgrade() -> None:
             "n_sets",
             "top_k",
             "seed",
-            name=op.f("uq_predictions_core_id_model_version_id_n_sets_top_k_seed"),
+            "confidence",
+            name=op.f("uq_predictions_protocol"),
         ),
     )
     with op.batch_alter_table("predictions", schema=None) as batch_op:
