@@ -138,7 +138,13 @@ def ingest(
     )
 
     def bar(items: Any) -> Any:
-        return tqdm(items, desc="validating images", unit="core", disable=json_out, file=sys.stderr)
+        return tqdm(
+            items,
+            desc="validating and storing images",
+            unit="core",
+            disable=json_out,
+            file=sys.stderr,
+        )
 
     with db_session() as s:
         report = ingest_manifest(

@@ -50,6 +50,9 @@ def main() -> None:
     epochs = os.environ.get("HER2OPS_DEMO_EPOCHS")
     train = os.environ.get("HER2OPS_DEMO_TRAIN", "1") != "0"
 
+    if not sys.stderr.isatty():
+        # progress bars redraw as new lines in a log: fewer redraws keep the log readable
+        os.environ.setdefault("TQDM_MININTERVAL", "10")
     if ROOT.exists():
         shutil.rmtree(ROOT)
     ROOT.mkdir(parents=True)
