@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from her2ops.config import get_settings
 from her2ops.pipelines import train as train_mod
 from her2ops.pipelines.score import score_cores
 from her2ops.pipelines.tracking import configure
-from tests.conftest import PG_ADMIN_URL, _pg_admin_conn, _pg_url
+from tests.conftest import pg_database
 from tests.factories import curate_synthetic
 
 pytestmark = pytest.mark.slow
@@ -36,15 +35,11 @@ def _free_port() -> int:
 
 @pytest.fixture
 def mlflow_server(tmp_path: Path) -> Iterator[str]:
-    try:
-        conn = _pg_admin_conn()
-    except Exception as exc:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true but PostgreSQL is unreachable at {PG_ADMIN_URL}: {exc}")
-        pytest.skip(f"PostgreSQL unreachable: {exc}")
-    dbname = f"her2ops_mlflow_{uuid.uuid4().hex[:8]}"
-    with conn:
-        conn.execute(f'CREATE DATABASE "{dbname}"')
+    with pg_database("her2ops_mlflow") as backend:
+        yield from _serve(backend, tmp_path)
+
+
+def _serve(backend: str, tmp_path: Path) -> Iterator[str]:
     port = _free_port()
     log = (tmp_path / "mlflow-server.log").open("w")
     proc = subprocess.Popen(
@@ -54,7 +49,7 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
             "mlflow",
             "server",
             "--backend-store-uri",
-            _pg_url(dbname),
+            backend,
             "--artifacts-destination",
             str(tmp_path / "artifacts"),
             "--host",
@@ -93,8 +88,6 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
-        with _pg_admin_conn() as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
 
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)

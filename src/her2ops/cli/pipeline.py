@@ -13,6 +13,10 @@ app.add_typer(models_app, name="models")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 DeviceOpt = Annotated[str | None, typer.Option(help="torch device (default: cuda if present).")]
+# The paper's inference protocol, shared by score and evaluate (None: the profile's N and k).
+SetsOpt = Annotated[int | None, typer.Option("--sets", help="N sets per core.")]
+TopKOpt = Annotated[int | None, typer.Option("--top-k", help="k most confident sets.")]
+ConfidenceOpt = Annotated[str, typer.Option(help="margin, max or entropy.")]
 
 
 @app.command("train")
@@ -67,10 +71,10 @@ def score(
     ),
     split: Annotated[str | None, typer.Option(help="Score a split's partition...")] = None,
     partition: Annotated[str | None, typer.Option(help="...this one (train, val, test).")] = None,
-    sets: Annotated[int | None, typer.Option("--sets", help="N sets per core.")] = None,
-    top_k: Annotated[int | None, typer.Option("--top-k", help="k most confident sets.")] = None,
+    sets: SetsOpt = None,
+    top_k: TopKOpt = None,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
-    confidence: Annotated[str, typer.Option(help="margin, max or entropy.")] = "margin",
+    confidence: ConfidenceOpt = "margin",
     device: DeviceOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -149,14 +153,14 @@ def evaluate(
     model: Annotated[str, typer.Argument(help="champion, challenger, version or run id.")],
     split: Annotated[str, typer.Option(help="Split.")],
     partition: Annotated[str, typer.Option(help="Partition to evaluate.")] = "test",
-    sets: Annotated[int | None, typer.Option("--sets", help="N sets per core.")] = None,
-    top_k: Annotated[int | None, typer.Option("--top-k", help="k most confident sets.")] = None,
+    sets: SetsOpt = None,
+    top_k: TopKOpt = None,
     study: Annotated[bool, typer.Option("--study", help="Also run the N/k Monte Carlo study.")] = (
         False
     ),
     study_sets: Annotated[int, typer.Option(help="Set outputs cached per core (M).")] = 300,
     draws: Annotated[int, typer.Option(help="Monte Carlo draws per point.")] = 10_000,
-    confidence: Annotated[str, typer.Option(help="margin, max or entropy.")] = "margin",
+    confidence: ConfidenceOpt = "margin",
     device: DeviceOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
