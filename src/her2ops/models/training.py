@@ -190,7 +190,7 @@ def train_one_epoch(
             log.warning("skipped unreadable cores: %s", ", ".join(batch.skipped))
         step += 1
         stats.steps = step
-        bar.set_postfix(loss=f"{stats.mean_loss:.4f}")
+        bar.set_postfix(loss=f"{stats.mean_loss:.4f}", refresh=False)  # redraws follow mininterval
         if on_step is not None:
             on_step(step, stats)
     return stats
