@@ -120,6 +120,7 @@ def main() -> None:
     slide = next((SYN / "tma").glob("*.png"), None)
     if slide is not None:
         her2ops("dearray", slide, "--out", ROOT / "dearrayed")
+        _compare_dearray(slide.parent / "truth.csv", ROOT / "dearrayed" / "manifest.csv")
 
     if train:
         banner("7. Train the 'demo' profile on the CPU (tracked and registered in MLflow)")
@@ -161,6 +162,20 @@ def main() -> None:
         f"(browse: mlflow ui --backend-store-uri {get_settings().resolved_mlflow_uri})"
     )
     print(f"demo took {time.perf_counter() - started:.0f} s")
+
+
+def _compare_dearray(truth_csv: Path, manifest_csv: Path) -> None:
+    """Check the dearrayed grid positions against where the slide maker put the cores."""
+    import csv
+
+    with truth_csv.open() as fh:
+        truth = {(int(r["row"]), int(r["col"])) for r in csv.DictReader(fh)}
+    with manifest_csv.open() as fh:
+        found = {(int(r["row"]), int(r["col"])) for r in csv.DictReader(fh)}
+    print(
+        f"check against the slide's truth: {len(truth & found)} of {len(truth)} spots found "
+        f"at the right grid position, {len(found - truth)} invented"
+    )
 
 
 def _first_core() -> str:
