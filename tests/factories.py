@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import socket
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -125,3 +126,10 @@ def curate_synthetic(folder: Path, *, split: str = "main") -> None:
         create_split(
             s, actor="lab", name=split, seed=1, ratios={"train": 0.6, "val": 0.2, "test": 0.2}
         )
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,15 +21,9 @@ from her2ops.pipelines import train as train_mod
 from her2ops.pipelines.score import score_cores
 from her2ops.pipelines.tracking import configure
 from tests.conftest import pg_database
-from tests.factories import curate_synthetic
+from tests.factories import curate_synthetic, free_port
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -40,7 +33,7 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
 
 
 def _serve(backend: str, tmp_path: Path) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     log = (tmp_path / "mlflow-server.log").open("w")
     proc = subprocess.Popen(
         [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,15 +14,9 @@ from sqlalchemy import func, select
 from her2ops.pipelines.tracking import configure
 from her2ops.platform.db import session_scope
 from her2ops.platform.schema import ModelVersion
-from tests.factories import curate_synthetic
+from tests.factories import curate_synthetic, free_port
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -37,7 +30,7 @@ def test_torchrun_two_cpu_ranks_register_once(db_url: str, synthetic: Path) -> N
         "--nproc-per-node",
         "2",
         "--master-port",
-        str(_free_port()),
+        str(free_port()),
         "-m",
         "her2ops",
         "--as",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -14,6 +13,7 @@ import torch
 import her2ops
 from her2ops.models.network import build_network
 from her2ops.profiles import get_profile
+from tests.factories import free_port
 
 _WORKER = """
 import os, sys, torch
@@ -50,12 +50,6 @@ torch.save({"state": unwrap(captured["model"]).backbone.state_dict(), "calls": c
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_two_gloo_processes_train_identical_weights(tmp_path: Path) -> None:
     script = tmp_path / "worker.py"
     script.write_text(textwrap.dedent(_WORKER))
@@ -70,7 +64,7 @@ def test_two_gloo_processes_train_identical_weights(tmp_path: Path) -> None:
         "--master-addr",
         "127.0.0.1",
         "--master-port",
-        str(_free_port()),
+        str(free_port()),
         str(script),
         str(tmp_path / "out"),
     ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,14 +17,6 @@ class CsvRow:
 
     def get(self, key: str) -> str:
         return (self.values.get(key) or "").strip()
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_csv(path: Path, *, required: tuple[str, ...], optional: tuple[str, ...]) -> list[CsvRow]:

@@ -10,11 +10,11 @@ from typing import Any, TypeVar
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from her2ops.imaging.readers import ImageError, ImageInfo, read_rgb
+from her2ops.imaging.readers import ImageError, ImageInfo, file_sha256, read_rgb
 from her2ops.imaging.store import CoreStore, StoreError
 from her2ops.platform import audit
 from her2ops.platform.access import require, user_count
-from her2ops.platform.csvio import CsvRow, file_sha256, read_csv
+from her2ops.platform.csvio import CsvRow, read_csv
 from her2ops.platform.errors import Conflict, ImportRejected, RowError
 from her2ops.platform.schema import ROLES, Core, Patient, Slide, User
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -59,17 +59,21 @@ def _create_engine(url: str) -> Engine:
     return engine
 
 
+def _config_error(what: str, url: URL, exc: OperationalError) -> ConfigError:
+    """One line naming the setting and the driver's first line of complaint (no password)."""
+    reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+    return ConfigError(
+        f"{what} HER2OPS_DATABASE_URL={url.render_as_string(hide_password=True)}: {reason}"
+    )
+
+
 def check_connection(engine: Engine) -> None:
     """Raise ConfigError naming the setting when the database cannot be reached."""
     try:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
     except OperationalError as exc:
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-        raise ConfigError(
-            f"cannot reach the database at HER2OPS_DATABASE_URL="
-            f"{engine.url.render_as_string(hide_password=True)}: {reason}"
-        ) from None
+        raise _config_error("cannot reach the database at", engine.url, exc) from None
 
 
 def _factory(url: str) -> sessionmaker[Session]:
@@ -88,11 +92,7 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
         session.commit()
     except OperationalError as exc:
         session.rollback()
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-        raise ConfigError(
-            f"database error at HER2OPS_DATABASE_URL="
-            f"{make_url(url).render_as_string(hide_password=True)}: {reason}"
-        ) from exc
+        raise _config_error("database error at", make_url(url), exc) from exc
     except BaseException:
         session.rollback()
         raise

@@ -45,14 +45,14 @@ def current(url: str | None = None) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+def heads() -> list[str]:
+    """The tree's head revisions (one, as a test asserts)."""
+    return list(ScriptDirectory.from_config(alembic_config("sqlite://")).get_heads())
+
+
 def head() -> str:
     """The newest revision of the tree."""
-    heads = ScriptDirectory.from_config(alembic_config("sqlite://")).get_heads()
-    return ",".join(heads)
-
-
-def heads() -> list[str]:
-    return list(ScriptDirectory.from_config(alembic_config("sqlite://")).get_heads())
+    return ",".join(heads())
 
 
 def ensure_current(url: str | None = None) -> None:

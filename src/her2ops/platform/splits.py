@@ -49,9 +49,13 @@ def labelled_core_scores(session: Session) -> dict[int, list[tuple[int, int]]]:
     return out
 
 
-def _strata(session: Session) -> tuple[dict[str, int | None], dict[str, list[int]], dict[str, int]]:
+def _strata(
+    session: Session, labelled: dict[int, list[tuple[int, int]]] | None = None
+) -> tuple[dict[str, int | None], dict[str, list[int]], dict[str, int]]:
+    """Each patient's stratum (highest labelled score), labelled scores, and id, by code."""
     patients = dict(session.execute(select(Patient.code, Patient.id)).all())
-    labelled = labelled_core_scores(session)
+    if labelled is None:
+        labelled = labelled_core_scores(session)
     strata: dict[str, int | None] = {}
     core_scores: dict[str, list[int]] = {}
     for code, pid in patients.items():
@@ -194,11 +198,11 @@ def patient_partitions(session: Session, name: str) -> dict[int, str]:
 def show_split(session: Session, name: str) -> dict[str, Any]:
     """Sizes and class balance of a split, by patient and by labelled core."""
     split = get_split(session, name)
-    strata, _, ids = _strata(session)
+    labelled = labelled_core_scores(session)
+    strata, _, ids = _strata(session, labelled)
     code_of = {v: k for k, v in ids.items()}
     parts = patient_partitions(session, name)
     by_patient = {code_of[pid]: part for pid, part in parts.items()}
-    labelled = labelled_core_scores(session)
     core_assign: dict[str, str] = {}
     core_strata: dict[str, int | None] = {}
     for pid, cores in labelled.items():

@@ -15,9 +15,10 @@ from pathlib import Path
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
+from her2ops.imaging.readers import file_sha256
 from her2ops.platform import audit
 from her2ops.platform.access import require
-from her2ops.platform.csvio import file_sha256, read_csv
+from her2ops.platform.csvio import read_csv
 from her2ops.platform.errors import Conflict, ImportRejected, NotFound, RowError
 from her2ops.platform.schema import VOTE_ROUNDS, Core, User, Vote, utcnow
 from her2ops.scores import parse_vote, vote_to_text
