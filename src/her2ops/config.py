@@ -20,7 +20,6 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL; default is a SQLite file in the data dir. "
         "PostgreSQL: postgresql+psycopg://user@host:5432/db",
     )
-    user: str | None = Field(default=None, description="Acting user for the CLI (or --as).")
     max_image_pixels: int = Field(
         default=400_000_000,
         description="Images with more pixels are refused before decoding (decompression bombs).",
@@ -32,11 +31,6 @@ class Settings(BaseSettings):
         default=None, description="Default: SQLite store under the data dir."
     )
     registered_model_name: str = "her2-pss"
-    broker_url: str = "redis://127.0.0.1:6379/0"
-    result_backend: str | None = None
-    task_always_eager: bool = Field(
-        default=True, description="Run tasks in-process (embedded default); false to use Celery."
-    )
     device: str | None = Field(default=None, description="torch device; default cuda if present.")
 
     @field_validator("database_url")

@@ -145,3 +145,17 @@ def test_profile_geometry_that_does_not_fit_is_refused(db_url: str, synthetic: P
         )
     with session_scope() as s:
         assert s.scalar(select(func.count()).select_from(ModelVersion)) == 0
+
+
+def test_device_setting_is_used(
+    db_url: str, synthetic: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    curate_synthetic(synthetic)
+    monkeypatch.setenv("HER2OPS_DEVICE", "cuda:7")  # no such device here: must be refused
+    get_settings.cache_clear()
+    if torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    with pytest.raises((ValueError, RuntimeError), match="(?i)cuda"):
+        train_mod.train_model(
+            actor="eng", split="main", profile_name="test", epochs=1, progress=False
+        )

@@ -53,6 +53,7 @@ def evaluate_model(
     from her2ops.pipelines.tracking import configure
 
     settings = get_settings()
+    device = device or settings.device
     with session_scope() as s:
         require(s, actor, "models.score")
         mv = resolve_ref(s, model_ref, name=settings.registered_model_name)

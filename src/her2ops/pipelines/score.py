@@ -112,6 +112,7 @@ def score_cores(
     from her2ops.pipelines.sampling import StoreSampler
 
     settings = get_settings()
+    device = device or settings.device
     with session_scope() as s:
         require(s, actor, "models.score")
         mv = resolve_ref(s, model_ref, name=settings.registered_model_name)

@@ -94,6 +94,7 @@ def train_model(
     from her2ops.models.data import check_label_coverage
 
     settings = get_settings()
+    device = device or settings.device
     profile: Profile = get_profile(profile_name)
     with session_scope() as s:
         require(s, actor, "models.train")
