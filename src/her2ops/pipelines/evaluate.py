@@ -9,7 +9,6 @@ records the headline figures on the ``model_versions`` row.
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -133,21 +132,20 @@ def evaluate_model(
     client.log_batch(
         mv.run_id, metrics=[mlflow.entities.Metric(key, v, now, 0) for key, v in flat.items()]
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        t = Path(tmp)
+    out_dir = settings.data_dir / "evaluations" / f"{mv.name}-v{mv.version}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [
         plot_confusion(
             np.array(metrics["confusion_matrix"]),
-            t / f"{partition}_confusion.png",
+            out_dir / f"{partition}_confusion.png",
             title=f"{partition}: N={n}, k={k}",
-        )
-        plot_roc(y_true, probs, t / f"{partition}_roc.png")
-        (t / f"{partition}_metrics.json").write_text(json.dumps(result, indent=2, default=float))
-        for f in t.iterdir():
-            client.log_artifact(mv.run_id, str(f), artifact_path="evaluation")
-        out_dir = settings.data_dir / "evaluations" / f"{mv.name}-v{mv.version}"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for f in t.iterdir():
-            (out_dir / f.name).write_bytes(f.read_bytes())
+        ),
+        plot_roc(y_true, probs, out_dir / f"{partition}_roc.png"),
+        out_dir / f"{partition}_metrics.json",
+    ]
+    written[2].write_text(json.dumps(result, indent=2, default=float))
+    for f in written:
+        client.log_artifact(mv.run_id, str(f), artifact_path="evaluation")
     result["plots"] = str(out_dir)
     with session_scope() as s:
         row = s.get(ModelVersion, mv.id)
