@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m her2ops.pipelines.demo
+	$(PY) -m her2ops.cli.demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -142,7 +142,7 @@ def bench_end_to_end(
     try:
         from her2ops.imaging.pss import sample_sets
         from her2ops.imaging.store import CoreStore
-        from her2ops.imaging.synthetic_render import synth_core
+        from her2ops.synthetic.render import synth_core
     except ImportError as exc:  # the imaging layer is optional for this script
         return {"skipped": f"imaging layer unavailable: {exc}"}
     torch.manual_seed(0)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from her2ops.imaging.synthetic import generate_dataset
+from her2ops.synthetic.dataset import generate_dataset
 
 
 @pytest.fixture(scope="module")

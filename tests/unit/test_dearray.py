@@ -14,10 +14,10 @@ from her2ops.imaging.dearray import (
     SlideImage,
     assign_grid,
     dearray,
-    make_tma_slide,
     write_cores,
 )
-from her2ops.imaging.synthetic import synth_core
+from her2ops.synthetic.dataset import synth_core
+from her2ops.synthetic.tma import make_tma_slide
 
 ROWS, COLS, SPACING, CORE = 4, 5, 230, 180
 MISSING = {(1, 3), (3, 1), (4, 5)}

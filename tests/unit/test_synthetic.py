@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from her2ops.imaging.stains import RGB_FROM_HED, dab_od, hed_to_rgb, membrane_dab_od, rgb_to_hed
-from her2ops.imaging.synthetic import CLASS_PRIOR, generate_dataset, plan_dataset, synth_core
-from her2ops.imaging.synthetic_votes import (
+from her2ops.synthetic.dataset import CLASS_PRIOR, generate_dataset, plan_dataset, synth_core
+from her2ops.synthetic.votes import (
     ADJUDICATOR,
     ARTEFACT_ND_RATE,
     PATHOLOGIST_CONFUSION,

@@ -312,7 +312,7 @@ def split_create(
 ) -> None:
     """Assign every patient to train/val/test, stratified by their highest consensus score."""
     from her2ops.platform.splits import create_split, show_split
-    from her2ops.platform.splitting import parse_ratios
+    from her2ops.platform.split_rules import parse_ratios
 
     with domain_errors():
         parsed = parse_ratios(ratios)

@@ -36,7 +36,7 @@ def synth(
     plus an adjudicator where the voting protocol needs one) and truth.csv (the class each core
     was drawn from).
     """
-    from her2ops.imaging.synthetic import generate_dataset
+    from her2ops.synthetic.dataset import generate_dataset
 
     if not patients <= cores <= 3 * patients:
         fail(f"--cores must be between --patients and 3 x --patients ({patients}-{3 * patients})")

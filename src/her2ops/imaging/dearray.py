@@ -30,7 +30,6 @@ from numpy.typing import NDArray
 from PIL import Image
 from scipy import ndimage
 
-from her2ops.imaging.synthetic_tma import make_tma_slide
 
 __all__ = [
     "FoundCore",
@@ -40,7 +39,6 @@ __all__ = [
     "dearray",
     "find_circles",
     "found_to_dicts",
-    "make_tma_slide",
     "write_cores",
 ]
 

@@ -36,12 +36,8 @@ class LabelledCore:
     """One row of a label snapshot: the core, where its image lives, its consensus label."""
 
     core: str
-    location: str
+    sha256: str
     label: int
-
-    @property
-    def sha256(self) -> str:
-        return self.location
 
 
 SampleFn = Callable[[LabelledCore, int, int], np.ndarray]
@@ -132,7 +128,7 @@ class PSSDataset(Dataset[tuple[torch.Tensor, int] | Skipped]):
             return Skipped(item.core, f"{type(exc).__name__}: {exc}")
         except Exception as exc:
             raise SampleError(
-                f"core {item.core} ({item.location}): sampling failed: {exc}"
+                f"core {item.core} ({item.sha256}): sampling failed: {exc}"
             ) from exc
         arr = np.asarray(arr)
         if arr.ndim != 3 or arr.dtype != np.uint8 or arr.shape[-1] != arr.shape[-2]:

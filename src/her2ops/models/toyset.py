@@ -35,7 +35,7 @@ class ToySampler:
         if self.delay:
             time.sleep(self.delay)  # stands in for slow image reads (kill/resume tests)
         if item.core in self.fail_cores:
-            raise OSError(f"cannot read {item.location}")
+            raise OSError(f"cannot read {item.sha256}")
         return self.make(item.label, derive_seed(seed, index))
 
     def make(self, label: int, seed: int) -> np.ndarray:

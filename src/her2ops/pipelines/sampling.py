@@ -48,7 +48,7 @@ class StoreSampler:
 
     def __call__(self, item: LabelledCore, seed: int, index: int) -> np.ndarray:
         """One set of a labelled core (the PSSDataset's sample function)."""
-        img = self._image(item.location, item.core)
+        img = self._image(item.sha256, item.core)
         try:
             return sample_set(img, self.cfg, key=item.core, seed=seed, index=index)
         except StoreError as exc:

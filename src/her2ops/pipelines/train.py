@@ -314,7 +314,7 @@ def _register(
     for item in val_items:
         sc = score_core(
             net,
-            sampler.for_core(item.location, item.core),
+            sampler.for_core(item.sha256, item.core),
             n_sets=profile.n_sets,
             top_k=profile.top_k,
             seed=0,

@@ -1,28 +1,30 @@
-"""Domain errors. The CLI turns each into a one-line message; none of them is a bug."""
+"""Domain errors of the system of record: the shared hierarchy plus row-level import errors."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from her2ops.errors import (
+    AccessDenied,
+    ConfigError,
+    Conflict,
+    Her2opsError,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+)
 
-class Her2opsError(Exception):
-    """Base class of the errors a user can cause and fix."""
-
-
-class ConfigError(Her2opsError):
-    """A setting is wrong (bad URL, unreachable database)."""
-
-
-class NotFound(Her2opsError):
-    """A named thing (core, user, split, model) does not exist."""
-
-
-class AccessDenied(Her2opsError):
-    """The acting user lacks the role an action needs."""
-
-
-class Conflict(Her2opsError):
-    """The action contradicts what is recorded (frozen split, duplicate name)."""
+__all__ = [
+    "AccessDenied",
+    "ConfigError",
+    "Conflict",
+    "Her2opsError",
+    "ImportRejected",
+    "InvalidRequest",
+    "NotFound",
+    "PermissionDenied",
+    "RowError",
+]
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class RowError:
         return f"{where}: {self.reason}"
 
 
-class ImportRejected(Her2opsError):
+class ImportRejected(InvalidRequest):
     """An import found bad rows; nothing was written. Lists every bad row."""
 
     def __init__(self, source: str, errors: list[RowError]):

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from her2ops.platform.schema import ConsensusLabel, Core, Patient, User, Vote
+from her2ops.platform.schema import LABELLED_STATUSES, ConsensusLabel, Core, Patient, User, Vote
 from her2ops.platform.splits import get_split, patient_partitions
 from her2ops.platform.stats import summarize
 from her2ops.scores import SCORE_LABELS, parse_vote
@@ -92,7 +92,7 @@ def label_snapshot(session: Session, split: str) -> tuple[list[SnapshotItem], st
         .join(ConsensusLabel, ConsensusLabel.core_id == Core.id)
         .where(
             ConsensusLabel.is_current.is_(True),
-            ConsensusLabel.status.in_(("agreed", "adjudicated")),
+            ConsensusLabel.status.in_(LABELLED_STATUSES),
         )
         .order_by(Core.code)
     )
@@ -128,7 +128,7 @@ def stats_summary(session: Session) -> dict[str, Any]:
         .where(ConsensusLabel.is_current.is_(True))
     ):
         status_counts[status] += 1
-        if status in ("agreed", "adjudicated") and score is not None:
+        if status in LABELLED_STATUSES and score is not None:
             consensus[code] = int(score)
     n_cores = session.scalar(select(func.count()).select_from(Core))
     summary = summarize(votes, consensus, dict(status_counts))

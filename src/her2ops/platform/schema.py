@@ -27,6 +27,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from her2ops.platform.protocol import LabelStatus, Round
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -36,15 +38,12 @@ NAMING_CONVENTION = {
 }
 
 ROLES = ("pathologist", "lab_manager", "engineer", "admin")
-VOTE_ROUNDS = ("initial", "adjudication", "review")
+# One source for these names: the protocol's enums (the CHECK constraints are built from them).
+VOTE_ROUNDS = tuple(r.value for r in Round)
 VOTE_SCORES = ("0", "1+", "2+", "3+", "ND")
-LABEL_STATUSES = (
-    "agreed",
-    "adjudicated",
-    "excluded",
-    "insufficient_votes",
-    "needs_adjudication",
-)
+LABEL_STATUSES = tuple(s.value for s in LabelStatus)
+#: The statuses that carry a training label.
+LABELLED_STATUSES = tuple(s.value for s in LabelStatus if s.has_label)
 CORE_STATUSES = ("ingested", "failed")
 PARTITIONS = ("train", "val", "test")
 

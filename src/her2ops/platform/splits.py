@@ -1,6 +1,6 @@
 """Patient-level splits in the database: create, extend, show, freeze.
 
-The assignment itself is :mod:`her2ops.platform.splitting` (pure). A patient's stratum is the
+The assignment itself is :mod:`her2ops.platform.split_rules` (pure). A patient's stratum is the
 highest current consensus score among their labelled cores (``None`` when none is labelled yet).
 A split that a model has trained on is frozen: recreating it is refused and ``extend`` only adds
 patients that are not in it yet; nobody ever moves.
@@ -18,6 +18,7 @@ from her2ops.platform import audit
 from her2ops.platform.access import require
 from her2ops.platform.errors import Conflict, NotFound
 from her2ops.platform.schema import (
+    LABELLED_STATUSES,
     ConsensusLabel,
     Core,
     Patient,
@@ -25,14 +26,12 @@ from her2ops.platform.schema import (
     SplitAssignment,
     utcnow,
 )
-from her2ops.platform.splitting import (
+from her2ops.platform.split_rules import (
     assign_patients,
     extend_assignment,
     partition_balance,
     validate_ratios,
 )
-
-LABELLED = ("agreed", "adjudicated")
 
 
 def labelled_core_scores(session: Session) -> dict[int, list[tuple[int, int]]]:
@@ -40,7 +39,7 @@ def labelled_core_scores(session: Session) -> dict[int, list[tuple[int, int]]]:
     q = (
         select(Core.patient_id, Core.id, ConsensusLabel.score)
         .join(ConsensusLabel, ConsensusLabel.core_id == Core.id)
-        .where(ConsensusLabel.is_current.is_(True), ConsensusLabel.status.in_(LABELLED))
+        .where(ConsensusLabel.is_current.is_(True), ConsensusLabel.status.in_(LABELLED_STATUSES))
     )
     out: dict[int, list[tuple[int, int]]] = defaultdict(list)
     for patient_id, core_id, score in session.execute(q):

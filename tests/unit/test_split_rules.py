@@ -10,7 +10,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from her2ops.platform.splitting import (
+from her2ops.platform.split_rules import (
     PARTITIONS,
     assign_patients,
     extend_assignment,

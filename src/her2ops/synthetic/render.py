@@ -21,8 +21,8 @@ grid evaluated block-wise, so no Python loop runs per cell or per pixel. Cores l
 ``max_render`` pixels are rendered at that size and upsampled, with sensor grain added at full
 size: a 10,000 px core takes a few seconds.
 
-The data set writer (files, votes, contact sheet) is :mod:`her2ops.imaging.synthetic`; the
-simulated pathologists are :mod:`her2ops.imaging.synthetic_votes`.
+The data set writer (files, votes, contact sheet) is :mod:`her2ops.synthetic.dataset`; the
+simulated pathologists are :mod:`her2ops.synthetic.votes`.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@
   and one site (``site-A``/``site-B``, a staining batch that shifts hematoxylin and DAB a little);
 - ``votes.csv``: core, pathologist, score (0, 1+, 2+, 3+, ND), round, comment: five simulated
   pathologists in round ``initial`` and an ``adjudicator`` where the protocol needs one
-  (:mod:`her2ops.imaging.synthetic_votes`);
+  (:mod:`her2ops.synthetic.votes`);
 - ``truth.csv``: the class each core was drawn from and what was rendered (artefact, tissue
   fraction, mean membrane DAB optical density measured on the image, ...), plus the consensus
   the votes lead to;
@@ -35,8 +35,8 @@ from numpy.typing import NDArray
 from PIL import Image, ImageDraw, ImageFont
 
 from her2ops.imaging.stains import dab_od, membrane_dab_od
-from her2ops.imaging.synthetic_render import ARTEFACTS, CLASS_PATTERNS, synth_core
-from her2ops.imaging.synthetic_votes import pairwise_agreement, simulate_votes, status_counts
+from her2ops.synthetic.render import ARTEFACTS, CLASS_PATTERNS, synth_core
+from her2ops.synthetic.votes import pairwise_agreement, simulate_votes, status_counts
 from her2ops.scores import SCORE_LABELS
 
 __all__ = [
@@ -202,7 +202,7 @@ def _contact_sheet(thumbs: dict[str, list[tuple[str, Image.Image]]], path: Path)
 
 def _tma_demo(images: list[NDArray[np.uint8]], out: Path, rng: np.random.Generator) -> Path:
     """A 4 x 6 TMA slide of (up to 21) cores with three empty spots, and its truth."""
-    from her2ops.imaging.synthetic_tma import make_tma_slide
+    from her2ops.synthetic.tma import make_tma_slide
 
     out.mkdir(parents=True, exist_ok=True)
     rows, cols, missing = 4, 6, {(1, 4), (3, 2), (4, 6)}
