@@ -12,8 +12,12 @@ class Her2opsError(Exception):
     """Base class of the errors a user can cause and fix."""
 
 
-class InvalidRequest(Her2opsError):
-    """An argument, a file or a row is not acceptable (bad value, out of range, malformed)."""
+class InvalidRequest(Her2opsError, ValueError):
+    """An argument, a file or a row is not acceptable (bad value, out of range, malformed).
+
+    Also a ``ValueError``, so pure helpers that validate input keep their usual contract; the
+    adapters catch ``Her2opsError`` only, so a plain ``ValueError`` from deep code stays a bug.
+    """
 
 
 class NotFound(Her2opsError):

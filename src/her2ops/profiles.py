@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from her2ops.errors import InvalidRequest
 from her2ops.imaging.pss import PSSConfig
 
 
@@ -89,4 +90,4 @@ def get_profile(name: str) -> Profile:
     try:
         return PROFILES[name]
     except KeyError:
-        raise ValueError(f"unknown profile {name!r}; known: {', '.join(PROFILES)}") from None
+        raise InvalidRequest(f"unknown profile {name!r}; known: {', '.join(PROFILES)}") from None

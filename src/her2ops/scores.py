@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from her2ops.errors import InvalidRequest
+
 
 class HER2Score(IntEnum):
     """ASCO/CAP HER2 IHC score."""
@@ -47,7 +49,7 @@ def parse_vote(text: str) -> HER2Score | None:
     """Parse ``0, 1+, 2+, 3+, ND`` (also ``0-3``); ND gives ``None``. Raises ``ValueError``."""
     key = str(text).strip().lower()
     if key not in _ALIASES:
-        raise ValueError(f"bad score {text!r}: expected one of 0, 1+, 2+, 3+, ND (or 0-3)")
+        raise InvalidRequest(f"bad score {text!r}: expected one of 0, 1+, 2+, 3+, ND (or 0-3)")
     value = _ALIASES[key]
     return None if value == ND else HER2Score(int(value))
 

@@ -18,8 +18,8 @@ import torch
 
 from her2ops.config import get_settings
 from her2ops.pipelines import train as train_mod
+from her2ops.pipelines.runtime import get_runtime
 from her2ops.pipelines.score import score_cores
-from her2ops.pipelines.tracking import configure
 from tests.conftest import pg_database
 from tests.factories import curate_synthetic, free_port
 
@@ -91,16 +91,12 @@ def test_train_and_score_through_mlflow_server(
     monkeypatch.setenv("HER2OPS_MLFLOW_TRACKING_URI", mlflow_server)
     get_settings.cache_clear()
     curate_synthetic(synthetic)
-    out = train_mod.train_model(
-        actor="eng", split="main", profile_name="test", epochs=1, progress=False
-    )
-    configure()
+    out = train_mod.train_model(actor="eng", split="main", profile_name="test", epochs=1)
+    get_runtime().tracking.experiment_id()
     assert mlflow.get_tracking_uri() == mlflow_server
     client = mlflow.MlflowClient()
     assert client.get_run(out.run_id).info.status == "FINISHED"
     assert str(client.get_model_version_by_alias("her2-pss", "challenger").version) == "1"
     # scoring downloads the weights through the server's artefact proxy
-    rep = score_cores(
-        actor="eng", model_ref="challenger", split="main", partition="test", progress=False
-    )
+    rep = score_cores(actor="eng", model_ref="challenger", split="main", partition="test")
     assert rep.scored > 0

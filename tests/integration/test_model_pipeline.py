@@ -15,11 +15,11 @@ from sqlalchemy import func, select
 from her2ops.config import get_settings
 from her2ops.pipelines import train as train_mod
 from her2ops.pipelines.evaluate import evaluate_model
+from her2ops.pipelines.models import promote_model
+from her2ops.pipelines.runtime import get_runtime
 from her2ops.pipelines.score import score_cores
-from her2ops.pipelines.tracking import configure
 from her2ops.platform.db import session_scope
 from her2ops.platform.errors import NotFound
-from her2ops.platform.registry import promote
 from her2ops.platform.schema import ModelVersion, Prediction, Split
 from her2ops.platform.splits import create_split
 from tests.factories import curate_synthetic
@@ -32,12 +32,10 @@ def _one_thread() -> None:
 
 def test_train_register_score_evaluate(db_url: str, synthetic: Path) -> None:
     curate_synthetic(synthetic)
-    out = train_mod.train_model(
-        actor="eng", split="main", profile_name="test", epochs=2, progress=False
-    )
+    out = train_mod.train_model(actor="eng", split="main", profile_name="test", epochs=2)
     assert out.version == 1 and out.epochs_run == 2 and out.n_train > out.n_val > 0
 
-    configure()
+    get_runtime().tracking.experiment_id()
     client = mlflow.MlflowClient()
     run = client.get_run(out.run_id)
     assert run.info.status == "FINISHED"
@@ -57,14 +55,12 @@ def test_train_register_score_evaluate(db_url: str, synthetic: Path) -> None:
         split = s.scalar(select(Split).where(Split.name == "main"))
         assert split is not None and split.frozen_at is not None  # used by a model: frozen
 
-    rep = score_cores(
-        actor="eng", model_ref="challenger", split="main", partition="test", progress=False
-    )
+    rep = score_cores(actor="eng", model_ref="challenger", split="main", partition="test")
     assert rep.scored > 0 and rep.already_scored == 0
-    again = score_cores(actor="eng", model_ref="1", split="main", partition="test", progress=False)
+    again = score_cores(actor="eng", model_ref="1", split="main", partition="test")
     assert again.scored == 0 and again.already_scored == rep.scored  # idempotent
     other = score_cores(
-        actor="eng", model_ref="1", split="main", partition="test", confidence="max", progress=False
+        actor="eng", model_ref="1", split="main", partition="test", confidence="max"
     )
     assert other.scored == rep.scored  # another protocol is another prediction
     with pytest.raises(ValueError, match="unknown confidence"):
@@ -81,7 +77,6 @@ def test_train_register_score_evaluate(db_url: str, synthetic: Path) -> None:
         actor="eng",
         model_ref="challenger",
         split="main",
-        progress=False,
         study=True,
         study_sets=12,
         study_draws=200,
@@ -94,8 +89,7 @@ def test_train_register_score_evaluate(db_url: str, synthetic: Path) -> None:
     with session_scope() as s:
         assert s.scalar(select(func.count()).select_from(Prediction)) == 2 * rep.scored
 
-    with session_scope() as s:
-        promote(s, actor="eng", ref="challenger", name="her2-pss")
+    promote_model(actor="eng", ref="challenger")
     assert str(client.get_model_version_by_alias("her2-pss", "champion").version) == "1"
     with session_scope() as s, pytest.raises(NotFound, match="known: v1"):
         from her2ops.platform.registry import resolve_ref
@@ -110,9 +104,7 @@ def test_class_missing_from_train_is_refused(db_url: str, synthetic: Path) -> No
             s, actor="lab", name="notrain", seed=1, ratios={"train": 0.0, "val": 0.5, "test": 0.5}
         )
     with pytest.raises(ValueError, match="train"):
-        train_mod.train_model(
-            actor="eng", split="notrain", profile_name="test", epochs=1, progress=False
-        )
+        train_mod.train_model(actor="eng", split="notrain", profile_name="test", epochs=1)
     with session_scope() as s:
         assert s.scalar(select(func.count()).select_from(ModelVersion)) == 0
 
@@ -127,12 +119,10 @@ def test_failed_registration_leaves_no_half_registered_model(
 
     monkeypatch.setattr(train_mod, "set_alias", broken_alias)
     with pytest.raises(RuntimeError, match="went away"):
-        train_mod.train_model(
-            actor="eng", split="main", profile_name="test", epochs=1, progress=False
-        )
+        train_mod.train_model(actor="eng", split="main", profile_name="test", epochs=1)
     with session_scope() as s:
         assert s.scalar(select(func.count()).select_from(ModelVersion)) == 0
-    configure(get_settings())
+    get_runtime().tracking.experiment_id()
     versions = mlflow.MlflowClient().search_model_versions("name='her2-pss'")
     assert versions == []
 
@@ -140,9 +130,7 @@ def test_failed_registration_leaves_no_half_registered_model(
 def test_profile_geometry_that_does_not_fit_is_refused(db_url: str, synthetic: Path) -> None:
     curate_synthetic(synthetic)  # 128 px cores; the paper profile needs 1024 px
     with pytest.raises(ValueError, match="at least 1024x1024 px"):
-        train_mod.train_model(
-            actor="eng", split="main", profile_name="paper", epochs=1, progress=False
-        )
+        train_mod.train_model(actor="eng", split="main", profile_name="paper", epochs=1)
     with session_scope() as s:
         assert s.scalar(select(func.count()).select_from(ModelVersion)) == 0
 
@@ -155,7 +143,5 @@ def test_device_setting_is_used(
     get_settings.cache_clear()
     if torch.cuda.device_count() > 7:
         pytest.skip("this machine has a cuda:7")
-    with pytest.raises((ValueError, RuntimeError), match="(?i)cuda"):
-        train_mod.train_model(
-            actor="eng", split="main", profile_name="test", epochs=1, progress=False
-        )
+    with pytest.raises((ValueError, RuntimeError), match=r"(?i)cuda"):
+        train_mod.train_model(actor="eng", split="main", profile_name="test", epochs=1)

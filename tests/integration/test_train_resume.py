@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from her2ops.config import get_settings
 from her2ops.pipelines import train as train_mod
-from her2ops.pipelines.tracking import configure
+from her2ops.pipelines.runtime import get_runtime
 from her2ops.platform.db import session_scope
 from her2ops.platform.schema import ModelVersion
 from tests.factories import curate_synthetic
@@ -68,11 +68,10 @@ def test_killed_training_resumes_and_registers(db_url: str, synthetic: Path) -> 
         profile_name="test",
         epochs=EPOCHS,
         resume_run=run_id,
-        progress=False,
     )
     assert out.run_id == run_id and out.version == 1
     assert out.epochs_run == EPOCHS  # the history covers the epochs before and after the kill
-    configure()
+    get_runtime().tracking.experiment_id()
     client = mlflow.MlflowClient()
     assert client.get_run(run_id).info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(run_id, "val_loss")]

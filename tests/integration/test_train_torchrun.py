@@ -11,7 +11,7 @@ import mlflow
 import pytest
 from sqlalchemy import func, select
 
-from her2ops.pipelines.tracking import configure
+from her2ops.pipelines.runtime import get_runtime
 from her2ops.platform.db import session_scope
 from her2ops.platform.schema import ModelVersion
 from tests.factories import curate_synthetic, free_port
@@ -53,7 +53,7 @@ def test_torchrun_two_cpu_ranks_register_once(db_url: str, synthetic: Path) -> N
     assert proc.stdout.count('"run_id"') == 1  # only rank 0 reports
     with session_scope() as s:
         assert s.scalar(select(func.count()).select_from(ModelVersion)) == 1
-    configure()
+    get_runtime().tracking.experiment_id()
     exp = mlflow.get_experiment_by_name("her2ops")
     assert exp is not None
     runs = mlflow.search_runs([exp.experiment_id], output_format="list")

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 import her2ops.cli.synth  # noqa: F401  (registers the commands)
 from her2ops.cli._app import app
-from her2ops.synthetic.tma import make_tma_slide
 from her2ops.synthetic.dataset import synth_core
+from her2ops.synthetic.tma import make_tma_slide
 
 runner = CliRunner()
 

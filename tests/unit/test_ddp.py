@@ -42,7 +42,7 @@ def spy(model, *a, **kw):  # keep a handle on each rank's model
     return wrapped
 
 training.DistributedDataParallel = spy
-res = fit(FitConfig(profile=p, out_dir=out, epochs=2, batch_size=2, seed=0, progress=False),
+res = fit(FitConfig(profile=p, out_dir=out, epochs=2, batch_size=2, seed=0),
           train, val, on_epoch_end=lambda e, m, s: calls.append(e))
 rank = int(os.environ["RANK"])
 torch.save({"state": unwrap(captured["model"]).backbone.state_dict(), "calls": calls,

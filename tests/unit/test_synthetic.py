@@ -14,6 +14,8 @@ import pytest
 from PIL import Image
 
 from her2ops.imaging.stains import RGB_FROM_HED, dab_od, hed_to_rgb, membrane_dab_od, rgb_to_hed
+from her2ops.platform.protocol import LabelStatus, Round, Vote, resolve_votes
+from her2ops.scores import ND, SCORE_LABELS, parse_vote
 from her2ops.synthetic.dataset import CLASS_PRIOR, generate_dataset, plan_dataset, synth_core
 from her2ops.synthetic.votes import (
     ADJUDICATOR,
@@ -25,8 +27,6 @@ from her2ops.synthetic.votes import (
     simulate_votes,
     status_counts,
 )
-from her2ops.platform.protocol import LabelStatus, Round, Vote, resolve_votes
-from her2ops.scores import ND, SCORE_LABELS, parse_vote
 
 _AT = datetime(2024, 1, 1)
 
@@ -248,9 +248,7 @@ def _read(path: Path) -> list[dict[str, str]]:
 
 def test_generate_dataset_writes_consistent_files(tmp_path: Path) -> None:
     out = tmp_path / "ds"
-    summary = generate_dataset(
-        out, patients=8, cores=16, size=96, seed=11, contact_sheet=True, progress=False
-    )
+    summary = generate_dataset(out, patients=8, cores=16, size=96, seed=11, contact_sheet=True)
     manifest = _read(out / "manifest.csv")
     truth = _read(out / "truth.csv")
     votes = _read(out / "votes.csv")
@@ -276,7 +274,7 @@ def test_generate_dataset_writes_consistent_files(tmp_path: Path) -> None:
 
 
 def test_generate_dataset_is_deterministic(tmp_path: Path) -> None:
-    kw = {"patients": 3, "cores": 5, "size": 64, "progress": False}
+    kw = {"patients": 3, "cores": 5, "size": 64}
     generate_dataset(tmp_path / "a", seed=1, **kw)  # type: ignore[arg-type]
     generate_dataset(tmp_path / "b", seed=1, **kw)  # type: ignore[arg-type]
     generate_dataset(tmp_path / "c", seed=2, **kw)  # type: ignore[arg-type]

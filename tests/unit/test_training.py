@@ -139,9 +139,7 @@ def test_batch_sampler_resumes_and_partitions_ranks() -> None:
 def test_fit_learns_the_toy_task_and_writes_checkpoints(tmp_path: Path) -> None:
     train, val = _datasets(n_train=32, n_val=12)
     seen: list[tuple[int, dict[str, float]]] = []
-    cfg = FitConfig(
-        profile=PROFILE, out_dir=tmp_path, epochs=10, batch_size=4, lr=3e-3, seed=0, progress=False
-    )
+    cfg = FitConfig(profile=PROFILE, out_dir=tmp_path, epochs=10, batch_size=4, lr=3e-3, seed=0)
     res = fit(cfg, train, val, on_epoch_end=lambda e, m, s: seen.append((e, m)))
     assert res.epochs_run == len(res.history) == len(seen) == 10
     assert {"train_loss", "val_loss", "val_acc", "lr"} <= set(res.history[0])
@@ -171,7 +169,6 @@ def test_plateau_lr_and_early_stopping(tmp_path: Path) -> None:
             batch_size=2,
             lr=1e-2,
             seed=0,
-            progress=False,
         ),
         train,
         val,
@@ -195,9 +192,7 @@ def test_skipped_cores_are_counted_not_fatal(tmp_path: Path) -> None:
     sampler = replace(TOY, fail_cores=frozenset({"t002", "v001"}))
     train, val = _datasets(sampler=sampler)
     res = fit(
-        FitConfig(
-            profile=PROFILE, out_dir=tmp_path, epochs=2, batch_size=2, seed=0, progress=False
-        ),
+        FitConfig(profile=PROFILE, out_dir=tmp_path, epochs=2, batch_size=2, seed=0),
         train,
         val,
     )
@@ -210,23 +205,21 @@ def test_missing_class_fails_before_training(tmp_path: Path) -> None:
     train = PSSDataset(items, TOY, train=True, seed=0)
     _, val = _datasets()
     with pytest.raises(ValueError, match=r"class 1\+"):
-        fit(FitConfig(profile=PROFILE, out_dir=tmp_path, epochs=1, progress=False), train, val)
+        fit(FitConfig(profile=PROFILE, out_dir=tmp_path, epochs=1), train, val)
     assert not (tmp_path / "last.pt").exists()
 
 
 def test_resume_refuses_checkpoint_of_another_profile(tmp_path: Path) -> None:
     train, val = _datasets()
     fit(
-        FitConfig(profile=PROFILE, out_dir=tmp_path, epochs=1, batch_size=2, progress=False),
+        FitConfig(profile=PROFILE, out_dir=tmp_path, epochs=1, batch_size=2),
         train,
         val,
     )
     other = replace(PROFILE, name="test-other")
     with pytest.raises(ValueError, match="profile 'test', not 'test-other'"):
         fit(
-            FitConfig(
-                profile=other, out_dir=tmp_path, epochs=2, batch_size=2, resume=True, progress=False
-            ),
+            FitConfig(profile=other, out_dir=tmp_path, epochs=2, batch_size=2, resume=True),
             train,
             val,
         )
@@ -245,14 +238,12 @@ toy = ToySampler.for_profile(p, delay=float(sys.argv[2]))
 train = PSSDataset(toy_items(8, prefix="t"), toy, train=True, seed=1)
 val = PSSDataset(toy_items(4, prefix="v"), toy, train=False, seed=1)
 fit(FitConfig(profile=p, out_dir=Path(sys.argv[1]), epochs=3, batch_size=2, seed=0,
-              checkpoint_every_steps=1, progress=False, resume=True), train, val)
+              checkpoint_every_steps=1, resume=True), train, val)
 """
 
 
 def test_exact_resume_after_sigkill_mid_epoch(tmp_path: Path) -> None:
-    cfg = dict(
-        profile=PROFILE, epochs=3, batch_size=2, seed=0, checkpoint_every_steps=1, progress=False
-    )
+    cfg = dict(profile=PROFILE, epochs=3, batch_size=2, seed=0, checkpoint_every_steps=1)
     train, val = _datasets()
     ref = fit(FitConfig(out_dir=tmp_path / "ref", **cfg), train, val)  # type: ignore[arg-type]
     ref_state = torch.load(ref.last_checkpoint, weights_only=True)
@@ -304,7 +295,6 @@ def test_dataloader_workers_do_not_change_the_run(tmp_path: Path) -> None:
                 batch_size=2,
                 seed=0,
                 num_workers=workers,
-                progress=False,
             ),
             train,
             val,

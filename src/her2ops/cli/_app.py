@@ -1,12 +1,20 @@
-"""The Typer application object and the helpers every command module shares."""
+"""The Typer application object and the helpers every command module shares.
+
+A command parses its arguments, calls ONE application-layer function (``her2ops.pipelines``)
+through :func:`call` and renders the result. ``call`` maps the errors a user can cause
+(:class:`her2ops.errors.Her2opsError`) to one line on stderr and exit code 1; anything else is a
+bug: one line naming the exception and a log file holding the traceback, exit code 3.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Annotated, Any, NoReturn
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
@@ -18,7 +26,11 @@ app = typer.Typer(
     add_completion=False,
 )
 
+T = TypeVar("T")
+BUG_EXIT = 3
 _STATE: dict[str, Any] = {"actor": None}
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
 @app.callback()
@@ -48,44 +60,82 @@ def emit_json(payload: Any) -> None:
     sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
 
 
-@contextmanager
-def domain_errors() -> Iterator[None]:
-    """Turn the errors a user can cause into one-line messages (exit 1)."""
-    from her2ops.platform.errors import Her2opsError, ImportRejected
+def _report_bug(exc: BaseException) -> NoReturn:
+    """A non-user error: name it in one line and keep the traceback in a log file."""
+    text = "".join(traceback.format_exception(exc))
+    where: Path | None = None
+    try:
+        from her2ops.config import get_settings
+
+        logs = get_settings().data_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        where = logs / f"crash-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        where.write_text(text)
+    except Exception:
+        where = None
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    typer.echo(
+        f"internal error (a bug in her2ops, not in your input): {type(exc).__name__}: {first}",
+        err=True,
+    )
+    if where is not None:
+        typer.echo(f"traceback: {where}", err=True)
+    else:
+        typer.echo(text, err=True)
+    raise typer.Exit(BUG_EXIT)
+
+
+def call(fn: Callable[..., T], /, **kwargs: Any) -> T:
+    """Run one use case; user errors end the command in one line, bugs are reported as bugs."""
+    from her2ops.errors import Her2opsError
 
     try:
-        yield
-    except ImportRejected as exc:
+        return fn(**kwargs)
+    except Her2opsError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-    except (Her2opsError, ValueError) as exc:
-        fail(str(exc))
+    except (typer.Exit, KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:
+        _report_bug(exc)
 
 
-@contextmanager
-def db_session() -> Iterator[Any]:
-    """A session on the configured database, migrated if it is the embedded SQLite default."""
-    from her2ops.config import get_settings
-    from her2ops.platform import migrate
-    from her2ops.platform.db import session_scope
+class BarProgress:
+    """Renders the progress protocol as tqdm bars on stderr: one bar per phase (message)."""
 
-    settings = get_settings()
-    url = settings.resolved_database_url
-    with domain_errors():
-        if url.startswith("sqlite"):
-            migrate.ensure_current(url)
-        else:
-            rev = migrate.current(url)
-            if rev != migrate.head():
-                fail(
-                    f"database at HER2OPS_DATABASE_URL is at revision {rev or 'none'}, the code "
-                    f"expects {migrate.head()}: run 'her2ops db upgrade'"
-                )
-        with session_scope(url) as session:
-            yield session
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self._bar: Any = None
+        self._message: str | None = None
+
+    def __call__(self, done: int, total: int | None, message: str) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if message != self._message or self._bar is None:
+            self.close()
+            self._message = message
+            self._bar = tqdm(total=total, desc=message, file=sys.stderr, leave=False)
+        if total is not None and self._bar.total != total:
+            self._bar.total = total
+        if done > self._bar.n:
+            self._bar.update(done - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def __enter__(self) -> BarProgress:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
 
-def ensure_database() -> None:
-    """Check (and for the embedded SQLite default, migrate) the database before long work."""
-    with db_session():
-        pass
+def print_row_errors(title: str, errors: list[Any]) -> None:
+    if errors:
+        typer.echo(f"{title}: {len(errors)} row(s) skipped", err=True)
+        for e in errors:
+            typer.echo(f"  {e}", err=True)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from her2ops.cli._app import actor, app, db_session, domain_errors, emit_json, fail
+from her2ops.cli._app import BarProgress, JsonOpt, actor, app, call, emit_json, print_row_errors
+from her2ops.pipelines import curation, database, splits
 
 db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
 users_app = typer.Typer(help="Users and roles.", no_args_is_help=True)
@@ -23,14 +22,9 @@ app.add_typer(votes_app, name="votes")
 app.add_typer(split_app, name="split")
 app.add_typer(labels_app, name="labels")
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-
-
-def _print_row_errors(title: str, errors: list[Any]) -> None:
-    if errors:
-        typer.echo(f"{title}: {len(errors)} row(s) skipped", err=True)
-        for e in errors:
-            typer.echo(f"  {e}", err=True)
+SkipOpt = Annotated[
+    bool, typer.Option("--skip-invalid", help="Load the good rows, report the bad ones.")
+]
 
 
 # --- db -------------------------------------------------------------------------------------
@@ -41,11 +35,8 @@ def db_upgrade(
     revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
 ) -> None:
     """Migrate the database up (default: to the newest revision)."""
-    from her2ops.platform import migrate
-
-    with domain_errors():
-        migrate.upgrade(revision=revision)
-        typer.echo(f"database at revision {migrate.current()}")
+    res = call(database.upgrade, revision=revision)
+    typer.echo(f"database at revision {res['current']}")
 
 
 @db_app.command("downgrade")
@@ -53,20 +44,15 @@ def db_downgrade(
     revision: Annotated[str, typer.Argument(help="Target revision ('base' empties it).")],
 ) -> None:
     """Migrate the database down to REVISION."""
-    from her2ops.platform import migrate
-
-    with domain_errors():
-        migrate.downgrade(revision)
-        typer.echo(f"database at revision {migrate.current() or 'base'}")
+    res = call(database.downgrade, revision=revision)
+    typer.echo(f"database at revision {res['current'] or 'base'}")
 
 
 @db_app.command("current")
 def db_current() -> None:
     """Print the database's revision and the newest one the code knows."""
-    from her2ops.platform import migrate
-
-    with domain_errors():
-        typer.echo(f"current: {migrate.current() or 'none'}  head: {migrate.head()}")
+    res = call(database.current)
+    typer.echo(f"current: {res['current'] or 'none'}  head: {res['head']}")
 
 
 # --- users ----------------------------------------------------------------------------------
@@ -80,30 +66,19 @@ def users_add(
     ] = "pathologist",
 ) -> None:
     """Add a user. The first user needs no --as (bootstrap); then only an admin adds users."""
-    from her2ops.platform.curation import add_user
-
-    with db_session() as s:
-        user = add_user(s, actor=actor(), username=username, role=role)
-        typer.echo(f"added user {user.username} ({user.role})")
+    user = call(curation.add_user, actor=actor(), username=username, role=role)
+    typer.echo(f"added user {user['username']} ({user['role']})")
 
 
 @users_app.command("list")
 def users_list(json_out: JsonOpt = False) -> None:
     """List users and roles."""
-    from sqlalchemy import select
-
-    from her2ops.platform.schema import User
-
-    with db_session() as s:
-        rows = [
-            {"username": u.username, "role": u.role, "active": u.active}
-            for u in s.scalars(select(User).order_by(User.username))
-        ]
+    rows = call(curation.list_users, actor=actor())
     if json_out:
         emit_json(rows)
-    else:
-        for r in rows:
-            typer.echo(f"{r['username']:<20} {r['role']}")
+        return
+    for r in rows:
+        typer.echo(f"{r['username']:<20} {r['role']}")
 
 
 # --- ingest and votes -----------------------------------------------------------------------
@@ -118,41 +93,15 @@ def ingest(
             "site]; image paths relative to the CSV."
         ),
     ],
-    skip_invalid: Annotated[
-        bool, typer.Option("--skip-invalid", help="Load the good rows, report the bad ones.")
-    ] = False,
+    skip_invalid: SkipOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Validate and ingest cores into the image store and the database (all rows or none)."""
-    from tqdm import tqdm
-
-    from her2ops.config import get_settings
-    from her2ops.imaging.store import CoreStore
-    from her2ops.platform.curation import ingest_manifest
-
-    settings = get_settings()
-    store = CoreStore(
-        settings.resolved_store_dir,
-        jpeg_quality=settings.store_jpeg_quality,
-        lossless=settings.store_lossless,
-    )
-
-    def bar(items: Any) -> Any:
-        return tqdm(
-            items,
-            desc="validating and storing images",
-            unit="core",
-            disable=json_out,
-            file=sys.stderr,
-        )
-
-    with db_session() as s:
-        report = ingest_manifest(
-            s,
+    with BarProgress(enabled=not json_out) as bar:
+        report = call(
+            curation.ingest,
             actor=actor(),
             manifest=manifest,
-            store=store,
-            max_pixels=settings.max_image_pixels,
             skip_invalid=skip_invalid,
             progress=bar,
         )
@@ -165,7 +114,7 @@ def ingest(
     )
     for core, conversion in report.conversions.items():
         typer.echo(f"  {core}: converted {conversion}")
-    _print_row_errors(str(manifest), report.skipped)
+    print_row_errors(str(manifest), report.skipped)
 
 
 @votes_app.command("import")
@@ -177,16 +126,11 @@ def votes_import(
             "scores 0, 1+, 2+, 3+, ND (or 0-3)."
         ),
     ],
-    skip_invalid: Annotated[
-        bool, typer.Option("--skip-invalid", help="Load the good rows, report the bad ones.")
-    ] = False,
+    skip_invalid: SkipOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Import votes (append-only; re-importing the same file changes nothing)."""
-    from her2ops.platform.votes import import_votes
-
-    with db_session() as s:
-        report = import_votes(s, actor=actor(), path=path, skip_invalid=skip_invalid)
+    report = call(curation.import_votes, actor=actor(), path=path, skip_invalid=skip_invalid)
     if json_out:
         emit_json(report.to_dict())
         return
@@ -194,7 +138,7 @@ def votes_import(
         f"imported {report.added} vote(s) on {report.cores_touched} core(s); "
         f"{report.unchanged} already recorded"
     )
-    _print_row_errors(str(path), report.skipped)
+    print_row_errors(str(path), report.skipped)
 
 
 @votes_app.command("cast")
@@ -207,11 +151,10 @@ def votes_cast(
     comment: Annotated[str | None, typer.Option(help="Free text.")] = None,
 ) -> None:
     """Cast one vote as the acting pathologist."""
-    from her2ops.platform.votes import cast_vote
-
-    with db_session() as s:
-        vote = cast_vote(s, actor=actor(), core=core, score=score, round=round_, comment=comment)
-        typer.echo(f"recorded {vote.score} on {core} (round {vote.round})")
+    vote = call(
+        curation.cast_vote, actor=actor(), core=core, score=score, round=round_, comment=comment
+    )
+    typer.echo(f"recorded {vote['score']} on {core} (round {vote['round']})")
 
 
 @app.command("consensus")
@@ -221,10 +164,9 @@ def consensus(
     json_out: JsonOpt = False,
 ) -> None:
     """Apply the voting protocol to the cores whose votes changed (labels are versioned)."""
-    from her2ops.platform.consensus import apply_consensus
-
-    with db_session() as s:
-        report = apply_consensus(s, actor=actor(), all_cores=all_cores, min_agreement=min_agreement)
+    report = call(
+        curation.run_consensus, actor=actor(), all_cores=all_cores, min_agreement=min_agreement
+    )
     if json_out:
         emit_json(report.to_dict())
         return
@@ -238,24 +180,7 @@ def labels_history(
     core: Annotated[str, typer.Argument(help="Core code.")], json_out: JsonOpt = False
 ) -> None:
     """Every version of a core's consensus label."""
-    from her2ops.platform.consensus import label_history
-    from her2ops.scores import SCORE_LABELS
-
-    with db_session() as s:
-        rows = [
-            {
-                "version": r.version,
-                "status": r.status,
-                "score": SCORE_LABELS[r.score] if r.score is not None else None,
-                "n_votes": r.n_votes,
-                "agreement": r.agreement,
-                "current": r.is_current,
-                "at": r.created_at.isoformat(),
-            }
-            for r in label_history(s, core)
-        ]
-    if not rows:
-        fail(f"no labels for core {core!r}")
+    rows = call(curation.label_history, actor=actor(), core=core)
     if json_out:
         emit_json(rows)
         return
@@ -274,24 +199,15 @@ def labels_export(
     out: Annotated[Path | None, typer.Option(help="Write here instead of stdout.")] = None,
 ) -> None:
     """Export core, patient, partition, score, status, votes, agreement."""
-    from her2ops.platform.labels import EXPORT_COLUMNS, export_rows
-
-    if fmt not in ("csv", "json"):
-        fail(f"--format must be csv or json, not {fmt!r}")
-    with db_session() as s:
-        rows = export_rows(s, split=split)
-    if fmt == "json":
-        import json
-
-        text = json.dumps(rows, indent=2) + "\n"
-    else:
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(EXPORT_COLUMNS), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        text = buf.getvalue()
+    call(curation.render_export, rows=[], fmt=fmt)  # refuse a bad --format before the query
+    rows = call(curation.export_labels, actor=actor(), split=split)
+    text = call(curation.render_export, rows=rows, fmt=fmt)
     if out:
-        out.write_text(text)
+        try:
+            out.write_text(text)
+        except OSError as exc:
+            typer.echo(f"error: cannot write {out}: {exc}", err=True)
+            raise typer.Exit(1) from None
         typer.echo(f"wrote {len(rows)} row(s) to {out}", err=True)
     else:
         sys.stdout.write(text)
@@ -311,14 +227,9 @@ def split_create(
     json_out: JsonOpt = False,
 ) -> None:
     """Assign every patient to train/val/test, stratified by their highest consensus score."""
-    from her2ops.platform.splits import create_split, show_split
-    from her2ops.platform.split_rules import parse_ratios
-
-    with domain_errors():
-        parsed = parse_ratios(ratios)
-    with db_session() as s:
-        create_split(s, actor=actor(), name=name, seed=seed, ratios=parsed, replace=replace)
-        info = show_split(s, name)
+    info = call(
+        splits.create_split, actor=actor(), name=name, seed=seed, ratios=ratios, replace=replace
+    )
     _print_split(info, json_out)
 
 
@@ -327,13 +238,9 @@ def split_extend(
     name: Annotated[str, typer.Argument(help="Split name.")], json_out: JsonOpt = False
 ) -> None:
     """Assign patients not yet in the split; never moves anyone (allowed on frozen splits)."""
-    from her2ops.platform.splits import extend_split, show_split
-
-    with db_session() as s:
-        added = extend_split(s, actor=actor(), name=name)
-        info = show_split(s, name)
+    info = call(splits.extend_split, actor=actor(), name=name)
     if not json_out:
-        typer.echo(f"added {len(added)} patient(s)")
+        typer.echo(f"added {info['added']} patient(s)")
     _print_split(info, json_out)
 
 
@@ -342,11 +249,7 @@ def split_show(
     name: Annotated[str, typer.Argument(help="Split name.")], json_out: JsonOpt = False
 ) -> None:
     """Sizes and class balance of a split, by patient and by labelled core."""
-    from her2ops.platform.splits import show_split
-
-    with db_session() as s:
-        info = show_split(s, name)
-    _print_split(info, json_out)
+    _print_split(call(splits.show_split, actor=actor(), name=name), json_out)
 
 
 def _print_split(info: dict[str, Any], json_out: bool) -> None:
@@ -378,11 +281,9 @@ def _print_split(info: dict[str, Any], json_out: bool) -> None:
 def stats(json_out: JsonOpt = False) -> None:
     """Agreement statistics: Fleiss' kappa, pairwise weighted Cohen's kappa, per-pathologist
     agreement with consensus, counts per status and score."""
-    from her2ops.platform.labels import stats_summary
     from her2ops.platform.stats import format_stats_table
 
-    with db_session() as s:
-        summary = stats_summary(s)
+    summary = call(curation.agreement_stats, actor=actor())
     if json_out:
         emit_json(summary)
     else:

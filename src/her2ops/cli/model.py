@@ -1,4 +1,4 @@
-"""CLI commands (model): the N/k study. (train / score / evaluate are added by the pipelines.)"""
+"""CLI command ``her2ops study``: the N/k Monte Carlo study on cached set outputs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from her2ops.cli._app import app, emit_json, fail
+from her2ops.cli._app import app, call, emit_json
+from her2ops.pipelines.imaging import run_study_file
 
 
 @app.command("study")
@@ -34,42 +35,18 @@ def study_cmd(
     """Accuracy vs N (at k) and vs k (at N) under random set subsets, as in the paper's
     Figs. 4 and 5: min/median/max over draws and confusion matrices (points with k > N or
     N > M are skipped)."""
-    import numpy as np
-
-    from her2ops.models.inference import CONFIDENCES
-    from her2ops.models.study import parse_int_list, run_study
-
-    if confidence not in CONFIDENCES:
-        fail(f"unknown confidence {confidence!r}; choose one of {', '.join(CONFIDENCES)}")
-    try:
-        n_values, k_values = parse_int_list(n), parse_int_list(k)
-    except ValueError as exc:
-        fail(str(exc))
-    if not outputs.is_file():
-        fail(f"{outputs} does not exist")
-    try:
-        with np.load(outputs) as data:
-            if "probs" not in data or "labels" not in data:
-                fail(f"{outputs} must hold arrays 'probs' and 'labels' (has: {list(data)})")
-            probs, labels = data["probs"], data["labels"]
-    except (OSError, ValueError) as exc:
-        fail(f"cannot read {outputs}: {exc}")
-    try:
-        result = run_study(
-            probs,
-            labels,
-            n_values=n_values,
-            k_values=k_values,
-            draws=draws,
-            seed=seed,
-            k_at=k_at,
-            n_at=n_at,
-            confidence=confidence,
-        )
-    except ValueError as exc:
-        fail(str(exc))
-    if png is not None:
-        result.plot(png)
+    result = call(
+        run_study_file,
+        outputs=outputs,
+        n=n,
+        k=k,
+        draws=draws,
+        k_at=k_at,
+        n_at=n_at,
+        confidence=confidence,
+        seed=seed,
+        png=png,
+    )
     if as_json:
         emit_json(result.to_dict())
         return

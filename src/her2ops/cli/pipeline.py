@@ -6,7 +6,10 @@ from typing import Annotated, Any
 
 import typer
 
-from her2ops.cli._app import actor, app, db_session, domain_errors, emit_json, ensure_database
+from her2ops.cli._app import BarProgress, actor, app, call, emit_json
+from her2ops.pipelines.evaluate import evaluate_model
+from her2ops.pipelines.models import list_models, promote_model
+from her2ops.pipelines.score import score_cores
 
 models_app = typer.Typer(help="Registered model versions.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
@@ -32,12 +35,11 @@ def train(
     json_out: JsonOpt = False,
 ) -> None:
     """Train a DenseNet PSS model; log to MLflow; register it with alias 'challenger'."""
-    from her2ops.pipelines.train import train_model
+    from her2ops.pipelines.train import train_model  # imports torch: only when training
 
-    with db_session():
-        pass  # migrate / check the database before a long run
-    with domain_errors():
-        out = train_model(
+    with BarProgress(enabled=not json_out) as bar:
+        out = call(
+            train_model,
             actor=actor(),
             split=split,
             profile_name=profile,
@@ -45,7 +47,7 @@ def train(
             resume_run=resume,
             seed=seed,
             device=device,
-            progress=not json_out,
+            progress=bar,
         )
     if out.version < 0:
         return  # a non-zero torchrun rank: rank 0 reports
@@ -79,12 +81,11 @@ def score(
     json_out: JsonOpt = False,
 ) -> None:
     """Score cores with the paper's protocol (N sets, k most confident, final = max class)."""
-    from her2ops.pipelines.score import score_cores
     from her2ops.scores import SCORE_LABELS
 
-    ensure_database()
-    with domain_errors():
-        rep = score_cores(
+    with BarProgress(enabled=not json_out) as bar:
+        rep = call(
+            score_cores,
             actor=actor(),
             model_ref=model,
             cores=core,
@@ -95,7 +96,7 @@ def score(
             seed=seed,
             confidence=confidence,
             device=device,
-            progress=not json_out,
+            progress=bar,
         )
     if json_out:
         emit_json(rep.to_dict())
@@ -165,11 +166,9 @@ def evaluate(
     json_out: JsonOpt = False,
 ) -> None:
     """Accuracy, specificity, ROC AUCs, adjacent-class accuracy, kappa, ECE; logged to MLflow."""
-    from her2ops.pipelines.evaluate import evaluate_model
-
-    ensure_database()
-    with domain_errors():
-        res = evaluate_model(
+    with BarProgress(enabled=not json_out) as bar:
+        res = call(
+            evaluate_model,
             actor=actor(),
             model_ref=model,
             split=split,
@@ -181,7 +180,7 @@ def evaluate(
             study_sets=study_sets,
             study_draws=draws,
             confidence=confidence,
-            progress=not json_out,
+            progress=bar,
         )
     if json_out:
         emit_json(res)
@@ -192,11 +191,7 @@ def evaluate(
 @models_app.command("list")
 def models_list(json_out: JsonOpt = False) -> None:
     """Registered versions with lineage and headline metrics."""
-    from her2ops.config import get_settings
-    from her2ops.platform.registry import list_versions
-
-    with db_session() as s:
-        rows = list_versions(s, name=get_settings().registered_model_name)
+    rows = call(list_models, actor=actor())
     if json_out:
         emit_json(rows)
         return
@@ -215,11 +210,5 @@ def models_promote(
     alias: Annotated[str, typer.Option(help="Alias to give it.")] = "champion",
 ) -> None:
     """Give a version the 'champion' alias (audited)."""
-    from her2ops.config import get_settings
-    from her2ops.platform.registry import promote
-
-    with db_session() as s:
-        mv = promote(
-            s, actor=actor(), ref=model, name=get_settings().registered_model_name, alias=alias
-        )
-        typer.echo(f"{mv.name} v{mv.version} is now {alias}")
+    res = call(promote_model, actor=actor(), ref=model, alias=alias)
+    typer.echo(f"{res['name']} v{res['version']} is now {alias}")

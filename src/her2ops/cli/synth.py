@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from her2ops.cli._app import app, emit_json, fail
+from her2ops.cli._app import BarProgress, app, call, emit_json
+from her2ops.pipelines.imaging import dearray_slide, synthesize
 
 
 @app.command("synth")
@@ -36,27 +37,18 @@ def synth(
     plus an adjudicator where the voting protocol needs one) and truth.csv (the class each core
     was drawn from).
     """
-    from her2ops.synthetic.dataset import generate_dataset
-
-    if not patients <= cores <= 3 * patients:
-        fail(f"--cores must be between --patients and 3 x --patients ({patients}-{3 * patients})")
-    if out.exists() and not out.is_dir():
-        fail(f"{out} exists and is not a folder")
-    if (out / "manifest.csv").exists():
-        fail(f"{out} already holds a data set (manifest.csv); choose an empty folder")
-    try:
-        summary = generate_dataset(
-            out,
+    with BarProgress(enabled=not as_json) as bar:
+        summary = call(
+            synthesize,
+            out=out,
             patients=patients,
             cores=cores,
             size=size,
             seed=seed,
             contact_sheet=contact_sheet,
             tma_slide=tma_slide,
-            progress=not as_json,
+            progress=bar,
         )
-    except (ValueError, OSError) as exc:
-        fail(str(exc))
     if as_json:
         emit_json(summary.to_dict())
         return
@@ -101,26 +93,20 @@ def dearray_cmd(
     the spot id (same as the core code) as a placeholder. Replace it from the TMA map before
     ingesting if patients have several cores.
     """
-    from her2ops.imaging.dearray import SlideImage, dearray, found_to_dicts, write_cores
-
-    try:
-        image = SlideImage(slide)
-        found = dearray(image, rows=rows, cols=cols, expected_diameter=diameter)
-        if not found:
-            fail(f"no cores found on {slide}")
-        manifest = write_cores(image, found, out, progress=not as_json)
-    except (FileNotFoundError, ValueError, OSError) as exc:
-        fail(f"{slide}: {exc}")
-    grid = [max(f.row for f in found), max(f.col for f in found)]
-    if as_json:
-        emit_json(
-            {
-                "slide": str(slide),
-                "cores": len(found),
-                "grid": grid,
-                "manifest": str(manifest),
-                "found": found_to_dicts(found),
-            }
+    with BarProgress(enabled=not as_json) as bar:
+        res = call(
+            dearray_slide,
+            slide=slide,
+            out=out,
+            rows=rows,
+            cols=cols,
+            diameter=diameter,
+            progress=bar,
         )
+    if as_json:
+        emit_json(res)
         return
-    typer.echo(f"found {len(found)} cores on a {grid[0]} x {grid[1]} grid; manifest: {manifest}")
+    grid = res["grid"]
+    typer.echo(
+        f"found {res['cores']} cores on a {grid[0]} x {grid[1]} grid; manifest: {res['manifest']}"
+    )

@@ -30,6 +30,8 @@ from numpy.typing import NDArray
 from PIL import Image
 from scipy import ndimage
 
+from her2ops.errors import InvalidRequest
+from her2ops.progress import Progress, no_progress, track
 
 __all__ = [
     "FoundCore",
@@ -78,7 +80,7 @@ def _to_rgb(arr: NDArray[Any]) -> U8:
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=-1)
     if arr.ndim != 3 or arr.shape[-1] < 3:
-        raise ValueError(f"expected an RGB image, got shape {arr.shape}")
+        raise InvalidRequest(f"expected an RGB image, got shape {arr.shape}")
     return np.ascontiguousarray(arr[..., :3])
 
 
@@ -327,7 +329,7 @@ def _grid_index(values: NDArray[np.float64], pitch: float, count: int | None) ->
         dropped = gaps[breaks & ~kept]
         floor = gaps[kept].min() if count > 1 else 0.0
         if dropped.size and dropped.max() > 0.6 * floor:
-            raise ValueError(
+            raise InvalidRequest(
                 f"found {int(breaks.sum()) + 1} grid lines, more than the {count} given"
             )
         breaks = kept
@@ -342,7 +344,7 @@ def _grid_index(values: NDArray[np.float64], pitch: float, count: int | None) ->
     index = np.empty(len(values), dtype=np.int64)
     index[order] = slots[group] + 1
     if count is not None and index.max() > count:
-        raise ValueError(f"found {index.max()} grid lines, more than the {count} given")
+        raise InvalidRequest(f"found {index.max()} grid lines, more than the {count} given")
     return index
 
 
@@ -416,7 +418,7 @@ def write_cores(
     out_dir: str | Path,
     *,
     slide_name: str | None = None,
-    progress: bool = False,
+    progress: Progress = no_progress,
 ) -> Path:
     """Write each core as ``<slide>_r{row}_c{col}.png`` and a ``manifest.csv`` for ingest.
 
@@ -431,9 +433,7 @@ def write_cores(
     full = img.full()
     cores = list(found)
     rows_out = []
-    from tqdm import tqdm
-
-    for core in tqdm(cores, desc="cores", unit="core", disable=not progress):
+    for core in track(cores, progress, "writing cores"):
         spot = f"{name}_{core.spot}"
         Image.fromarray(crop_core(full, core)).save(out / f"{spot}.png", compress_level=3)
         rows_out.append(

@@ -127,9 +127,7 @@ class PSSDataset(Dataset[tuple[torch.Tensor, int] | Skipped]):
         except SKIPPABLE_ERRORS as exc:
             return Skipped(item.core, f"{type(exc).__name__}: {exc}")
         except Exception as exc:
-            raise SampleError(
-                f"core {item.core} ({item.sha256}): sampling failed: {exc}"
-            ) from exc
+            raise SampleError(f"core {item.core} ({item.sha256}): sampling failed: {exc}") from exc
         arr = np.asarray(arr)
         if arr.ndim != 3 or arr.dtype != np.uint8 or arr.shape[-1] != arr.shape[-2]:
             raise SampleError(

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 from scipy.special import gammaln
 
+from her2ops.errors import InvalidRequest
 from her2ops.models.inference import confidence_order
 from her2ops.scores import NUM_CLASSES
 
@@ -56,14 +57,16 @@ def parse_int_list(text: str) -> list[int]:
         if m:
             lo, hi = int(m.group(1)), int(m.group(2))
             if lo > hi:
-                raise ValueError(f"empty range {token!r}")
+                raise InvalidRequest(f"empty range {token!r}")
             out.update(range(lo, hi + 1))
         elif token.isdigit():
             out.add(int(token))
         else:
-            raise ValueError(f"bad list item {token!r}: expected an integer or a range like 1..20")
+            raise InvalidRequest(
+                f"bad list item {token!r}: expected an integer or a range like 1..20"
+            )
     if not out or min(out) < 1:
-        raise ValueError(f"{text!r}: expected positive integers")
+        raise InvalidRequest(f"{text!r}: expected positive integers")
     return sorted(out)
 
 
@@ -73,7 +76,7 @@ class ExactKCS:
     def __init__(self, probs: np.ndarray, confidence: str = "margin") -> None:
         probs = np.asarray(probs, dtype=np.float64)
         if probs.ndim != 3 or probs.shape[2] != NUM_CLASSES or probs.shape[1] < 1:
-            raise ValueError(f"probs must be (cores, M, {NUM_CLASSES}), got {probs.shape}")
+            raise InvalidRequest(f"probs must be (cores, M, {NUM_CLASSES}), got {probs.shape}")
         self.cores, self.m = probs.shape[:2]
         order = confidence_order(probs, confidence)  # (cores, M), stable
         cls = np.take_along_axis(probs.argmax(axis=2), order, axis=1)
@@ -113,7 +116,7 @@ class ExactKCS:
         """P(final = c) for each N in ``n_values`` at this k: (len(n_values), cores, 4)."""
         n_values = list(n_values)
         if any(not k <= n <= self.m for n in n_values):
-            raise ValueError(f"need k <= N <= M={self.m}; got k={k}, N={n_values}")
+            raise InvalidRequest(f"need k <= N <= M={self.m}; got k={k}, N={n_values}")
         a = self._kth_given_good(k).reshape(-1, self.m)
         q = self._kth_position(n_values, k)
         le = (a @ q).reshape(self.cores, NUM_CLASSES - 1, len(n_values))
@@ -251,9 +254,9 @@ def run_study(
     labels = np.asarray(labels, dtype=np.int64)
     exact = ExactKCS(probs, confidence)
     if labels.shape != (exact.cores,) or labels.min() < 0 or labels.max() >= NUM_CLASSES:
-        raise ValueError(f"labels must be {exact.cores} values in 0..{NUM_CLASSES - 1}")
+        raise InvalidRequest(f"labels must be {exact.cores} values in 0..{NUM_CLASSES - 1}")
     if draws < 1:
-        raise ValueError("draws must be at least 1")
+        raise InvalidRequest("draws must be at least 1")
     m, rng = exact.m, np.random.default_rng(seed)
     skipped: list[dict[str, Any]] = []
 

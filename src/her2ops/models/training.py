@@ -40,7 +40,6 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from her2ops.models.checkpoints import EpochStats, TrainProgress, load_progress, save_progress
 from her2ops.models.data import (
@@ -59,6 +58,7 @@ from her2ops.models.network import (
     to_device,
 )
 from her2ops.profiles import Profile
+from her2ops.progress import Progress, no_progress
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class FitConfig:
     checkpoint_every_steps: int | None = None
     init_checkpoint: Path | None = None
     memory_efficient: bool = False
-    progress: bool = True
+    progress: Progress | None = None
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -146,7 +146,7 @@ def train_one_epoch(
     start_step: int = 0,
     on_step: Callable[[int, EpochStats], None] | None = None,
     desc: str = "train",
-    progress: bool = False,
+    progress: Progress | None = None,
 ) -> EpochStats:
     """One pass over ``loader``; ``stats`` carries sums over from before a resume.
 
@@ -157,15 +157,10 @@ def train_one_epoch(
     stats = stats or EpochStats()
     model.train()
     step = start_step
-    bar = tqdm(
-        loader,
-        desc=desc,
-        total=start_step + len(loader),
-        initial=start_step,
-        disable=not (progress and ctx.is_main),
-        leave=False,
-    )
-    for batch in bar:
+    report = progress if (progress is not None and ctx.is_main) else no_progress
+    total = start_step + len(loader)
+    report(step, total, desc)
+    for batch in loader:
         skipped = len(batch.skipped)
         usable = batch.x is not None and batch.x.shape[0] >= 2
         if ctx.enabled:  # all ranks must take (or pass over) the step together
@@ -190,7 +185,7 @@ def train_one_epoch(
             log.warning("skipped unreadable cores: %s", ", ".join(batch.skipped))
         step += 1
         stats.steps = step
-        bar.set_postfix(loss=f"{stats.mean_loss:.4f}", refresh=False)  # redraws follow mininterval
+        report(step, total, desc)
         if on_step is not None:
             on_step(step, stats)
     return stats
@@ -204,7 +199,7 @@ def evaluate_loss(
     device: torch.device,
     *,
     ctx: DistContext | None = None,
-    progress: bool = False,
+    progress: Progress | None = None,
 ) -> dict[str, float]:
     """Class-weighted cross-entropy and accuracy per set: ``val_loss``, ``val_acc``, ``n``,
     ``skipped`` (sums over ranks)."""
@@ -212,7 +207,10 @@ def evaluate_loss(
     model.eval()
     weight = criterion_weight.to(device) if criterion_weight is not None else None
     loss_sum = wsum = correct = n = skipped = 0.0
-    for batch in tqdm(loader, desc="val", disable=not (progress and ctx.is_main), leave=False):
+    report = progress if (progress is not None and ctx.is_main) else no_progress
+    report(0, len(loader), "validation")
+    for i, batch in enumerate(loader, 1):
+        report(i, len(loader), "validation")
         skipped += len(batch.skipped)
         if batch.x is None or batch.y is None:
             continue

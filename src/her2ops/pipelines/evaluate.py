@@ -9,21 +9,24 @@ records the headline figures on the ``model_versions`` row.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
-from tqdm import tqdm
 
-from her2ops.config import get_settings
+from her2ops.errors import InvalidRequest
+from her2ops.pipelines.progress import Progress, no_progress, track
+from her2ops.pipelines.runtime import Runtime, get_runtime
 from her2ops.platform.access import require
-from her2ops.platform.db import session_scope
 from her2ops.platform.labels import label_snapshot
+from her2ops.platform.predictions import PredictionKey, final_scores
 from her2ops.platform.registry import resolve_ref
-from her2ops.platform.schema import Core, ModelVersion, Prediction
+from her2ops.platform.schema import PARTITIONS, ModelVersion
 from her2ops.profiles import get_profile
+
+#: Bounds of the study's arguments (each set output costs a forward pass).
+MAX_STUDY_SETS = 2000
+MAX_STUDY_DRAWS = 100_000
 
 
 def evaluate_model(
@@ -42,28 +45,34 @@ def evaluate_model(
     study_draws: int = 10_000,
     study_n: list[int] | None = None,
     study_k: list[int] | None = None,
-    progress: bool = True,
+    progress: Progress = no_progress,
 ) -> dict[str, Any]:
     """Metrics of ``model_ref`` on ``split``/``partition``; see the module docstring."""
-    import mlflow
-
     from her2ops.models.evaluation import compute_metrics, metrics_table, plot_confusion, plot_roc
-    from her2ops.pipelines.score import score_cores
-    from her2ops.pipelines.tracking import configure
+    from her2ops.pipelines.score import check_protocol, score_cores
 
-    settings = get_settings()
-    device = device or settings.device
-    with session_scope() as s:
+    rt = get_runtime()
+    settings = rt.settings
+    if partition not in PARTITIONS:
+        raise InvalidRequest(
+            f"unknown partition {partition!r}; valid partitions: {', '.join(PARTITIONS)}"
+        )
+    if study and not 1 <= study_sets <= MAX_STUDY_SETS:
+        raise InvalidRequest(f"--study-sets must be between 1 and {MAX_STUDY_SETS}")
+    if study and not 1 <= study_draws <= MAX_STUDY_DRAWS:
+        raise InvalidRequest(f"--draws must be between 1 and {MAX_STUDY_DRAWS}")
+    with rt.session() as s:
         require(s, actor, "models.score")
         mv = resolve_ref(s, model_ref, name=settings.registered_model_name)
         s.expunge(mv)
         snapshot, snapshot_hash = label_snapshot(s, split)
     items = [i for i in snapshot if i.partition == partition]
     if not items:
-        raise ValueError(f"split {split!r} has no labelled cores in partition {partition!r}")
+        raise InvalidRequest(f"split {split!r} has no labelled cores in partition {partition!r}")
     profile = get_profile(mv.profile)
-    n = n_sets or profile.n_sets
-    k = top_k or profile.top_k
+    n = profile.n_sets if n_sets is None else n_sets
+    k = profile.top_k if top_k is None else top_k
+    check_protocol(n, k, confidence)
     score_cores(
         actor=actor,
         model_ref=str(mv.version),
@@ -75,22 +84,10 @@ def evaluate_model(
         device=device,
         progress=progress,
     )
-    with session_scope() as s:
-        preds = {
-            code: (final, probs)
-            for code, final, probs in s.execute(
-                select(Core.code, Prediction.final_score, Prediction.kcs_probs)
-                .join(Core, Core.id == Prediction.core_id)
-                .where(
-                    Prediction.model_version_id == mv.id,
-                    Prediction.n_sets == n,
-                    Prediction.top_k == k,
-                    Prediction.seed == seed,
-                    Prediction.confidence == confidence,
-                    Core.code.in_([i.core for i in items]),
-                )
-            )
-        }
+    with rt.session() as s:
+        preds = final_scores(
+            s, PredictionKey(mv.id, n, k, seed, confidence), [i.core for i in items]
+        )
     scored = [i for i in items if i.core in preds]
     y_true = np.array([i.label for i in scored])
     y_pred = np.array([preds[i.core][0] for i in scored])
@@ -113,8 +110,6 @@ def evaluate_model(
         "table": metrics_table(metrics),
     }
 
-    configure(settings)
-    client = mlflow.MlflowClient()
     prefix = f"{partition}_"
     flat = {
         prefix
@@ -128,10 +123,7 @@ def evaluate_model(
         for r in result["table"]
         if r["value"] is not None
     }
-    now = int(time.time() * 1000)
-    client.log_batch(
-        mv.run_id, metrics=[mlflow.entities.Metric(key, v, now, 0) for key, v in flat.items()]
-    )
+    rt.tracking.log_metrics(mv.run_id, flat)
     out_dir = settings.data_dir / "evaluations" / f"{mv.name}-v{mv.version}"
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [
@@ -145,15 +137,16 @@ def evaluate_model(
     ]
     written[2].write_text(json.dumps(result, indent=2, default=float))
     for f in written:
-        client.log_artifact(mv.run_id, str(f), artifact_path="evaluation")
+        rt.tracking.log_artifact(mv.run_id, f, "evaluation")
     result["plots"] = str(out_dir)
-    with session_scope() as s:
+    with rt.session() as s:
         row = s.get(ModelVersion, mv.id)
         assert row is not None
         row.metrics = {**(row.metrics or {}), **flat}
 
     if study:
         result["study"] = run_study_for(
+            rt,
             mv=mv,
             items=scored,
             partition=partition,
@@ -166,12 +159,13 @@ def evaluate_model(
             device=device,
             progress=progress,
         )
-        client.log_artifact(mv.run_id, str(out_dir / "study.png"), artifact_path="evaluation")
-        client.log_artifact(mv.run_id, str(out_dir / "study.json"), artifact_path="evaluation")
+        for name in ("study.png", "study.json"):
+            rt.tracking.log_artifact(mv.run_id, out_dir / name, "evaluation")
     return result
 
 
 def run_study_for(
+    rt: Runtime,
     *,
     mv: ModelVersion,
     items: list[Any],
@@ -183,30 +177,23 @@ def run_study_for(
     k_values: list[int] | None,
     out_dir: Path,
     device: str | None,
-    progress: bool,
+    progress: Progress,
 ) -> dict[str, Any]:
     """Cache ``study_sets`` set outputs per core (OUTPUTS.npz) and run the N/k study on it."""
     from her2ops.models.inference import predict_sets
     from her2ops.models.study import run_study
-    from her2ops.pipelines.sampling import StoreSampler
     from her2ops.pipelines.score import load_model
 
-    settings = get_settings()
     profile = get_profile(mv.profile)
     cache = out_dir / f"outputs_{partition}_M{study_sets}.npz"
     if cache.exists():
         data = np.load(cache)
         probs, labels = data["probs"], data["labels"]
     else:
-        net, dev = load_model(mv, device)
-        sampler = StoreSampler(settings.resolved_store_dir, profile.pss)
+        net, dev = load_model(rt, mv, device)
+        sampler = rt.sampler(profile.pss)
         all_probs = []
-        for item in tqdm(
-            items,
-            desc=f"caching {study_sets} set outputs per core",
-            unit="core",
-            disable=not progress,
-        ):
+        for item in track(items, progress, f"caching {study_sets} set outputs per core"):
             draw = sampler.for_core(item.sha256, item.core)
             outs = []
             for start in range(0, study_sets, 60):

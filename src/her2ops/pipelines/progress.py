@@ -1,36 +1,6 @@
-"""One small progress protocol for long use cases: ``progress(done, total, message)``.
+"""The progress protocol of the use cases (defined in :mod:`her2ops.progress`, the base layer,
+so that lower layers such as ``models.training`` can report through it too)."""
 
-A use case calls its ``progress`` argument as work advances; each adapter renders it its own
-way: the CLI as a progress bar (``cli/_app.py``), a worker by writing it to the job row, a
-dashboard as ``st.progress``. ``message`` names the phase ("validating images", "epoch 3/16");
-a new message starts a new phase. ``total`` is None when unknown.
-"""
+from her2ops.progress import Progress, no_progress, track
 
-from __future__ import annotations
-
-from collections.abc import Iterable, Iterator
-from typing import Protocol, TypeVar
-
-T = TypeVar("T")
-
-
-class Progress(Protocol):
-    def __call__(self, done: int, total: int | None, message: str) -> None: ...
-
-
-def no_progress(done: int, total: int | None, message: str) -> None:
-    """The default: report nothing."""
-
-
-def track(
-    items: Iterable[T], progress: Progress, message: str, *, total: int | None = None
-) -> Iterator[T]:
-    """Yield ``items``, reporting (0, total) first and (i, total) after each item."""
-    if total is None and hasattr(items, "__len__"):
-        total = len(items)  # type: ignore[arg-type]
-    progress(0, total, message)
-    done = 0
-    for item in items:
-        yield item
-        done += 1
-        progress(done, total, message)
+__all__ = ["Progress", "no_progress", "track"]

@@ -1,35 +1,54 @@
 """Score cores with a registered model and the paper's protocol; write ``predictions`` rows.
 
-Idempotent on (core, model version, N, k, seed): a core already scored with those is skipped.
-Weights come from the run's weights-only artefact (``torch.load(weights_only=True)``), so scoring
-never unpickles code from the tracking store.
+Idempotent on the prediction key (model version, N, k, seed, confidence): a core already scored
+under that key is skipped. Each core's prediction is committed as soon as it is made, so a killed
+scoring job loses at most the core in flight and a re-run does only what is left.
+
+Sampling runs ahead of the network: a ``DataLoader`` (``loader_workers`` processes, pinned
+memory on CUDA) draws the next batches of pyramid sampling sets while the current batch is on
+the network. Weights come from the run's weights-only artefact
+(``torch.load(weights_only=True)``), so scoring never unpickles code from the tracking store.
 """
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-from tqdm import tqdm
+import numpy as np
 
-from her2ops.config import get_settings
+from her2ops.errors import InvalidRequest
+from her2ops.pipelines.progress import Progress, no_progress
+from her2ops.pipelines.runtime import Runtime, get_runtime
 from her2ops.platform.access import require
-from her2ops.platform.db import session_scope
-from her2ops.platform.errors import NotFound
+from her2ops.platform.predictions import (
+    CoreRef,
+    PredictionKey,
+    cores_by_code,
+    partition_cores,
+    save_prediction,
+    scored_core_ids,
+)
 from her2ops.platform.registry import resolve_ref
-from her2ops.platform.schema import Core, ModelVersion, Prediction
-from her2ops.platform.splits import patient_partitions
-from her2ops.profiles import get_profile
+from her2ops.platform.schema import ModelVersion
+from her2ops.profiles import Profile, get_profile
+
+#: Upper bounds of the protocol's arguments (a typo must not mean hours of work).
+MAX_SETS = 1000
 
 
 @dataclass
 class ScoreReport:
     model: str
     version: int
+    n_sets: int
+    top_k: int
+    seed: int
+    confidence: str
     scored: int = 0
     already_scored: int = 0
     failed: list[str] = field(default_factory=list)
@@ -40,57 +59,89 @@ class ScoreReport:
         return dict(self.__dict__)
 
 
-def weights_path(mv: ModelVersion) -> Path:
+def check_protocol(n_sets: int, top_k: int, confidence: str) -> None:
+    """Refuse a protocol the scorer cannot run, naming the bad value."""
+    from her2ops.models.inference import CONFIDENCES
+
+    if confidence not in CONFIDENCES:
+        raise InvalidRequest(
+            f"unknown confidence {confidence!r}; use one of {', '.join(CONFIDENCES)}"
+        )
+    if not 1 <= n_sets <= MAX_SETS:
+        raise InvalidRequest(f"--sets must be between 1 and {MAX_SETS}, not {n_sets}")
+    if not 1 <= top_k <= n_sets:
+        raise InvalidRequest(f"--top-k must be between 1 and --sets ({n_sets}), not {top_k}")
+
+
+def weights_path(rt: Runtime, mv: ModelVersion) -> Path:
     """Local path of the version's weights file (downloaded from the run's artefacts once)."""
-    import mlflow
-
-    from her2ops.pipelines.tracking import configure
-
-    settings = get_settings()
-    cache = settings.data_dir / "models" / mv.name / str(mv.version)
+    cache = rt.settings.data_dir / "models" / mv.name / str(mv.version)
     target = cache / "best.pt"
     if not target.exists():
-        configure(settings)
-        cache.mkdir(parents=True, exist_ok=True)
-        local = mlflow.artifacts.download_artifacts(
-            run_id=mv.run_id, artifact_path="weights/best.pt", dst_path=str(cache / "dl")
-        )
-        Path(local).replace(target)
+        local = rt.tracking.download_artifact(mv.run_id, "weights/best.pt", cache / "dl")
+        local.replace(target)
     return target
 
 
-def load_model(mv: ModelVersion, device: str | None = None) -> tuple[Any, Any]:
+def load_model(rt: Runtime, mv: ModelVersion, device: str | None = None) -> tuple[Any, Any]:
+    """The version's network in eval mode on ``device`` (default: the settings', else cuda/cpu)."""
     from her2ops.models.network import load_network, pick_device
 
-    dev = pick_device(device)
-    net, _ = load_network(weights_path(mv), get_profile(mv.profile), device=dev)
+    dev = pick_device(device or rt.device)
+    net, _ = load_network(weights_path(rt, mv), get_profile(mv.profile), device=dev)
     net.eval()
     return net, dev
 
 
-def select_cores(
-    *, cores: Iterable[str] | None = None, split: str | None = None, partition: str | None = None
-) -> list[tuple[int, str, str]]:
-    """(core id, code, sha256) for explicit codes or for a split's partition."""
-    with session_scope() as s:
-        if cores:
-            codes = list(cores)
-            rows = s.execute(
-                select(Core.id, Core.code, Core.sha256).where(Core.code.in_(codes))
-            ).all()
-            missing = sorted(set(codes) - {r[1] for r in rows})
-            if missing:
-                raise NotFound(f"unknown core(s): {', '.join(missing)}")
-            return [(r[0], r[1], r[2]) for r in rows]
-        if not split or not partition:
-            raise ValueError("give --core CODE... or --split NAME --partition P")
-        parts = patient_partitions(s, split)
-        in_split = s.execute(
-            select(Core.id, Core.code, Core.sha256, Core.patient_id)
-            .where(Core.status == "ingested")
-            .order_by(Core.code)
-        ).all()
-        return [(r[0], r[1], r[2]) for r in in_split if parts.get(r[3]) == partition]
+class _SetChunks:
+    """Map-style data set of (core position, set indices) chunks -> sampled sets.
+
+    Picklable (the sampler drops its open files when pickled), so DataLoader workers can draw
+    ahead. A core that cannot be read yields its error text instead of sets.
+    """
+
+    def __init__(self, cores: list[CoreRef], sampler: Any, n: int, chunk: int, seed: int):
+        self.cores, self.sampler, self.seed = cores, sampler, seed
+        self.items = [
+            (pos, list(range(i, min(i + chunk, n))))
+            for pos in range(len(cores))
+            for i in range(0, n, chunk)
+        ]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[int, list[int], np.ndarray | str]:
+        pos, idx = self.items[i]
+        core = self.cores[pos]
+        try:
+            sets = self.sampler.for_core(core.sha256, core.code)(self.seed, idx)
+        except OSError as exc:
+            return pos, idx, f"{core.code}: {exc}"
+        return pos, idx, sets
+
+
+def _iter_chunks(ds: _SetChunks, workers: int, pin: bool) -> Iterator[Any]:
+    from torch.utils.data import DataLoader
+
+    if workers == 0:
+        yield from (ds[i] for i in range(len(ds)))
+        return
+    loader: DataLoader[Any] = DataLoader(
+        ds,  # type: ignore[arg-type]  # map-style: __len__ + __getitem__
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=pin,
+        prefetch_factor=2,
+        persistent_workers=False,
+    )
+    yield from loader
+
+
+def default_loader_workers() -> int:
+    """Sampling processes beside the network: one per spare CPU core, at most 4."""
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
 def score_cores(
@@ -105,94 +156,119 @@ def score_cores(
     seed: int = 0,
     confidence: str = "margin",
     device: str | None = None,
-    progress: bool = True,
+    loader_workers: int | None = None,
+    progress: Progress = no_progress,
 ) -> ScoreReport:
-    """Score the chosen cores; returns what was written and what was already there."""
-    from her2ops.models.inference import CONFIDENCES, score_core
-    from her2ops.pipelines.sampling import StoreSampler
-
-    settings = get_settings()
-    device = device or settings.device
-    with session_scope() as s:
+    """Score the chosen cores (codes, or a split's partition) and write their predictions."""
+    rt = get_runtime()
+    with rt.session() as s:
         require(s, actor, "models.score")
-        mv = resolve_ref(s, model_ref, name=settings.registered_model_name)
+        mv = resolve_ref(s, model_ref, name=rt.settings.registered_model_name)
         s.expunge(mv)
-    profile = get_profile(mv.profile)
-    n = n_sets or profile.n_sets
-    k = top_k or profile.top_k
-    if confidence not in CONFIDENCES:
-        raise ValueError(f"unknown confidence {confidence!r}; use one of {', '.join(CONFIDENCES)}")
-    if not 1 <= k <= n:
-        raise ValueError(f"--top-k {k} must be between 1 and --sets {n}")
-    targets = select_cores(cores=cores, split=split, partition=partition)
-    with session_scope() as s:
-        done = set(
-            s.scalars(
-                select(Prediction.core_id).where(
-                    Prediction.model_version_id == mv.id,
-                    Prediction.n_sets == n,
-                    Prediction.top_k == k,
-                    Prediction.seed == seed,
-                    Prediction.confidence == confidence,
-                )
-            )
-        )
+        profile = get_profile(mv.profile)
+        n = profile.n_sets if n_sets is None else n_sets
+        k = profile.top_k if top_k is None else top_k
+        check_protocol(n, k, confidence)
+        if cores:
+            targets = cores_by_code(s, cores)
+        elif split and partition:
+            targets = partition_cores(s, split, partition)
+        else:
+            raise InvalidRequest("give --core CODE... or --split NAME --partition P")
+        key = PredictionKey(mv.id, n, k, seed, confidence)
+        done = scored_core_ids(s, key)
     report = ScoreReport(
-        model=mv.name, version=mv.version, already_scored=sum(1 for t in targets if t[0] in done)
+        model=mv.name,
+        version=mv.version,
+        n_sets=n,
+        top_k=k,
+        seed=seed,
+        confidence=confidence,
+        already_scored=sum(1 for t in targets if t.id in done),
     )
-    todo = [t for t in targets if t[0] not in done]
-    if not todo:
-        return report
-    net, dev = load_model(mv, device)
-    sampler = StoreSampler(settings.resolved_store_dir, profile.pss)
-    total = 0.0
-    rows: list[dict[str, Any]] = []
-    for core_id, code, sha in tqdm(
-        todo, desc=f"scoring with v{mv.version}", unit="core", disable=not progress
-    ):
-        t0 = time.perf_counter()
-        try:
-            sc = score_core(
-                net,
-                sampler.for_core(sha, code),
-                n_sets=n,
-                top_k=k,
-                seed=seed,
-                device=dev,
-                confidence=confidence,
-                batch_size=profile.recipe.batch_size,
-            )
-        except OSError as exc:
-            report.failed.append(f"{code}: {exc}")
-            continue
-        dt = time.perf_counter() - t0
-        total += dt
-        rows.append(
-            {
-                "core_id": core_id,
-                "model_version_id": mv.id,
-                "n_sets": n,
-                "top_k": k,
-                "seed": seed,
-                "confidence": confidence,
-                "final_score": int(sc.final),
-                "kcs_probs": [float(x) for x in sc.kcs_mean_probs],
-                "set_probs": [[float(x) for x in r] for r in sc.set_probs],
-                "kcs_indices": [int(i) for i in sc.kcs_indices],
-                "seconds": dt,
-            }
-        )
-        report.rows.append(
-            {
-                "core": code,
-                "final": int(sc.final),
-                "kcs_probs": [round(float(x), 4) for x in sc.kcs_mean_probs],
-            }
-        )
-    sampler.close()
-    if rows:
-        with session_scope() as s:
-            s.add_all(Prediction(**r) for r in rows)
-    report.scored = len(rows)
-    report.seconds_per_core = total / len(rows) if rows else None
+    todo = [t for t in targets if t.id not in done]
+    if todo:
+        _score(rt, mv, profile, key, todo, report, device, loader_workers, progress)
     return report
+
+
+def _score(
+    rt: Runtime,
+    mv: ModelVersion,
+    profile: Profile,
+    key: PredictionKey,
+    todo: list[CoreRef],
+    report: ScoreReport,
+    device: str | None,
+    loader_workers: int | None,
+    progress: Progress,
+) -> None:
+    from her2ops.models.inference import predict_sets
+
+    net, dev = load_model(rt, mv, device)
+    batch = profile.recipe.batch_size
+    workers = default_loader_workers() if loader_workers is None else loader_workers
+    sampler = rt.sampler(profile.pss)
+    ds = _SetChunks(todo, sampler, key.n_sets, batch, key.seed)
+    message = f"scoring with {mv.name} v{mv.version}"
+    progress(0, len(todo), message)
+    outputs: dict[int, list[np.ndarray]] = {}
+    failed: set[int] = set()
+    started: dict[int, float] = {}
+    total_seconds = 0.0
+    finished = 0
+    try:
+        for pos, idx, sets in _iter_chunks(ds, workers, dev.type == "cuda"):
+            started.setdefault(pos, time.perf_counter())
+            if isinstance(sets, str):
+                if pos not in failed:
+                    failed.add(pos)
+                    report.failed.append(sets)
+            elif pos not in failed:
+                outputs.setdefault(pos, []).append(
+                    predict_sets(net, sets, device=dev, batch_size=batch)
+                )
+            if idx[-1] != key.n_sets - 1:
+                continue  # the core's last chunk closes it
+            finished += 1
+            if pos not in failed:
+                seconds = time.perf_counter() - started[pos]
+                total_seconds += seconds
+                _save(rt, key, todo[pos], np.concatenate(outputs.pop(pos)), seconds, report)
+                report.scored += 1
+            progress(finished, len(todo), message)
+    finally:
+        sampler.close()
+    report.seconds_per_core = total_seconds / report.scored if report.scored else None
+
+
+def _save(
+    rt: Runtime,
+    key: PredictionKey,
+    core: CoreRef,
+    set_probs: np.ndarray,
+    seconds: float,
+    report: ScoreReport,
+) -> None:
+    """Decide (KCS, max class) and commit one core's prediction."""
+    from her2ops.models.inference import kcs_decision
+
+    d = kcs_decision(set_probs, key.top_k, key.confidence)
+    with rt.session() as s:
+        save_prediction(
+            s,
+            key,
+            core.id,
+            final_score=int(d.final),
+            kcs_probs=[float(x) for x in d.kcs_mean_probs],
+            set_probs=[[float(x) for x in r] for r in set_probs],
+            kcs_indices=[int(i) for i in d.kcs_indices],
+            seconds=seconds,
+        )
+    report.rows.append(
+        {
+            "core": core.code,
+            "final": int(d.final),
+            "kcs_probs": [round(float(x), 4) for x in d.kcs_mean_probs],
+        }
+    )

@@ -23,16 +23,21 @@ from typing import Any
 import numpy as np
 import torch.distributed as dist
 
-from her2ops.config import get_settings
+from her2ops.errors import InvalidRequest
 from her2ops.models.distributed import setup_distributed
+from her2ops.pipelines.progress import Progress, no_progress
+from her2ops.pipelines.runtime import Runtime, get_runtime
 from her2ops.platform import audit
 from her2ops.platform.access import require
-from her2ops.platform.db import session_scope
 from her2ops.platform.labels import SnapshotItem, label_snapshot
 from her2ops.platform.registry import set_alias
 from her2ops.platform.schema import ModelVersion
 from her2ops.platform.splits import freeze_split, get_split
 from her2ops.profiles import Profile, get_profile
+from her2ops.tracking import code_version
+
+#: Upper bound of --epochs (a typo must not mean weeks of GPU time).
+MAX_EPOCHS = 1000
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +72,7 @@ def check_geometry(profile: Profile, items: list[SnapshotItem]) -> None:
     if small:
         shown = ", ".join(f"{i.core} ({i.width}x{i.height})" for i in small[:5])
         more = f" and {len(small) - 5} more" if len(small) > 5 else ""
-        raise ValueError(
+        raise InvalidRequest(
             f"profile {profile.name!r} samples {pss.patch_size} px patches at pyramid level "
             f"{deepest}, so cores must be at least {need}x{need} px; too small: {shown}{more}"
         )
@@ -88,22 +93,38 @@ def train_model(
     resume_run: str | None = None,
     seed: int = 0,
     device: str | None = None,
-    progress: bool = True,
+    progress: Progress = no_progress,
 ) -> TrainOutcome:
-    """Train, log, register. ``resume_run`` continues a killed run from its last checkpoint."""
+    """Train, log, register. ``resume_run`` continues a killed run from its last checkpoint.
+
+    Every argument is checked before anything is written (no frozen split, no MLflow run for a
+    request that is then refused).
+    """
     from her2ops.models.data import check_label_coverage
 
-    settings = get_settings()
-    device = device or settings.device
+    rt = get_runtime()
+    device = device or rt.device
     profile: Profile = get_profile(profile_name)
-    with session_scope() as s:
+    if epochs is not None and not 1 <= epochs <= MAX_EPOCHS:
+        raise InvalidRequest(f"--epochs must be between 1 and {MAX_EPOCHS}, not {epochs}")
+    with rt.session() as s:
         require(s, actor, "models.train")
         snapshot, snapshot_hash = label_snapshot(s, split)
     check_geometry(profile, [i for i in snapshot if i.partition in ("train", "val")])
     train_items, val_items = _items(snapshot, "train"), _items(snapshot, "val")
-    check_label_coverage([i.label for i in train_items])
+    try:
+        check_label_coverage([i.label for i in train_items])
+    except ValueError as exc:
+        raise InvalidRequest(f"split {split!r}: {exc}") from None
     if not val_items:
-        raise ValueError(f"split {split!r} has no labelled cores in its val partition")
+        raise InvalidRequest(f"split {split!r} has no labelled cores in its val partition")
+    if resume_run:
+        params = rt.tracking.run_params(resume_run)
+        if params.get("label_snapshot_hash") != snapshot_hash:
+            raise InvalidRequest(
+                f"run {resume_run} was trained on other labels (snapshot "
+                f"{params.get('label_snapshot_hash')}, now {snapshot_hash})"
+            )
 
     # Under torchrun every rank runs this function: rank 0 owns the MLflow run, the split
     # freeze and the registration; the others only train, in the run folder rank 0 names.
@@ -111,7 +132,7 @@ def train_model(
     try:
         return _train(
             ctx,
-            settings,
+            rt,
             profile,
             split,
             snapshot_hash,
@@ -131,7 +152,7 @@ def train_model(
 
 def _train(
     ctx: Any,
-    settings: Any,
+    rt: Runtime,
     profile: Profile,
     split: str,
     snapshot_hash: str,
@@ -142,34 +163,21 @@ def _train(
     resume_run: str | None,
     seed: int,
     device: str | None,
-    progress: bool,
+    progress: Progress,
     actor: str | None,
 ) -> TrainOutcome:
-    import mlflow
-
     from her2ops.models.data import PSSDataset
     from her2ops.models.training import FitConfig, fit
-    from her2ops.pipelines.sampling import StoreSampler
-    from her2ops.pipelines.tracking import code_version, configure
 
-    client: Any = None  # created after configure(): a bare MlflowClient() makes ./mlflow.db
+    settings = rt.settings
+    tracking = rt.tracking if ctx.is_main else None
     run_id = resume_run or ""
-    if ctx.is_main:
-        experiment_id = configure(settings)
-        client = mlflow.MlflowClient()
+    if tracking is not None:
         if resume_run:
-            run = client.get_run(resume_run)
-            if run.data.params.get("label_snapshot_hash") != snapshot_hash:
-                raise ValueError(
-                    f"run {resume_run} was trained on other labels (snapshot "
-                    f"{run.data.params.get('label_snapshot_hash')}, now {snapshot_hash})"
-                )
-            client.update_run(resume_run, status="RUNNING")
+            tracking.mark_running(resume_run)
         else:
-            run_id = client.create_run(
-                experiment_id, run_name=f"{profile.name}-{split}"
-            ).info.run_id
-        with session_scope() as s:
+            run_id = tracking.create_run(f"{profile.name}-{split}")
+        with rt.session() as s:
             freeze_split(s, name=split, reason=f"trained on by MLflow run {run_id}")
     if ctx.enabled:
         box = [run_id]
@@ -177,7 +185,7 @@ def _train(
         run_id = str(box[0])
     out_dir = settings.data_dir / "runs" / run_id
 
-    sampler = StoreSampler(settings.resolved_store_dir, profile.pss)
+    sampler = rt.sampler(profile.pss)
     train_ds = PSSDataset(
         train_items,
         sampler,
@@ -197,8 +205,7 @@ def _train(
         resume=bool(resume_run),
         progress=progress,
     )
-    if ctx.is_main and not resume_run:
-        assert client is not None
+    if tracking is not None and not resume_run:
         params = {
             "profile": profile.name,
             "arch": profile.arch,
@@ -221,36 +228,26 @@ def _train(
             "early_stopping_patience": cfg.early_stopping_patience,
             "train_sets_per_core": profile.recipe.train_sets_per_core,
         }
-        client.log_batch(
-            run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in params.items()]
-        )
+        tracking.log_params(run_id, params)
 
     def on_epoch_end(epoch: int, metrics: dict[str, float], _state: Any) -> None:
-        assert client is not None  # fit calls this on rank 0 only
-        now = int(time.time() * 1000)
-        client.log_batch(
-            run_id,
-            metrics=[
-                mlflow.entities.Metric(k, float(v), now, epoch)
-                for k, v in metrics.items()
-                if isinstance(v, int | float) and np.isfinite(v)
-            ],
-        )
+        assert tracking is not None  # fit calls this on rank 0 only
+        tracking.log_metrics(run_id, metrics, step=epoch)
 
     t0 = time.perf_counter()
     try:
         result = fit(cfg, train_ds, val_ds, on_epoch_end=on_epoch_end)
     except BaseException:
-        if client is not None:
-            client.set_terminated(run_id, status="FAILED")
+        if tracking is not None:
+            tracking.set_terminated(run_id, status="FAILED")
         raise
     finally:
         sampler.close()
     seconds = time.perf_counter() - t0
-    if ctx.is_main and resume_run:
+    if tracking is not None and resume_run:
         # A kill between an epoch's checkpoint and its metrics call loses those metrics:
         # the checkpoint's history has them, so log the epochs MLflow lacks.
-        logged = {m.step for m in client.get_metric_history(run_id, "val_loss")}
+        logged = tracking.logged_steps(run_id, "val_loss")
         for row in result.history:
             if int(row["epoch"]) not in logged:
                 metrics = {k: v for k, v in row.items() if k != "epoch"}
@@ -258,6 +255,7 @@ def _train(
     version = -1  # non-zero torchrun ranks register nothing
     if ctx.is_main:
         version = _register(
+            rt,
             run_id=run_id,
             profile=profile,
             result=result,
@@ -284,6 +282,7 @@ def _train(
 
 
 def _register(
+    rt: Runtime,
     *,
     run_id: str,
     profile: Profile,
@@ -294,22 +293,17 @@ def _register(
     actor: str | None,
     device: str | None,
 ) -> int:
-    import mlflow
-
     from her2ops.models.evaluation import compute_metrics, plot_confusion, plot_curves
     from her2ops.models.inference import score_core
     from her2ops.models.network import load_network, pick_device
-    from her2ops.pipelines.sampling import StoreSampler
-    from her2ops.pipelines.tracking import code_version
 
-    settings = get_settings()
-    name = settings.registered_model_name
-    client = mlflow.MlflowClient()
+    tracking = rt.tracking
+    name = rt.settings.registered_model_name
     dev = pick_device(device)
     net, _ = load_network(result.best_checkpoint, profile, device=dev)
 
     # Validation with the paper's protocol (N sets, top-k) on the best weights.
-    sampler = StoreSampler(settings.resolved_store_dir, profile.pss)
+    sampler = rt.sampler(profile.pss)
     y_true, y_pred, probs = [], [], []
     for item in val_items:
         sc = score_core(
@@ -341,26 +335,16 @@ def _register(
         )
         (t / "val_metrics.json").write_text(json.dumps(val, indent=2, default=float))
         for f in ("curves.png", "val_confusion.png", "val_metrics.json"):
-            client.log_artifact(run_id, str(t / f), artifact_path="training")
-        client.log_artifact(run_id, str(result.best_checkpoint), artifact_path="weights")
-    now = int(time.time() * 1000)
-    client.log_batch(
-        run_id, metrics=[mlflow.entities.Metric(k, v, now, 0) for k, v in headline.items()]
-    )
+            tracking.log_artifact(run_id, t / f, "training")
+        tracking.log_artifact(run_id, Path(result.best_checkpoint), "weights")
+    tracking.log_metrics(run_id, headline)
 
     net.cpu().eval()
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pytorch.log_model(
-            net,
-            name="model",
-            registered_model_name=name,
-            serialization_format="pickle",
-            pip_requirements=["torch==2.14.1", "torchvision==0.29.1", "her2ops"],
-        )
-    version = int(info.registered_model_version)
+    version = tracking.register_model(run_id, net)
+    previous = tracking.alias_version("challenger")
     try:
-        client.set_registered_model_alias(name, "challenger", str(version))
-        with session_scope() as s:
+        tracking.set_alias("challenger", version)
+        with rt.session() as s:
             user = require(s, actor, "models.train")
             mv = ModelVersion(
                 name=name,
@@ -387,8 +371,9 @@ def _register(
             )
     except BaseException:
         log.error("registration of %s v%s failed; removing the MLflow version", name, version)
-        client.delete_model_version(name, str(version))
-        client.set_terminated(run_id, status="FAILED")
+        tracking.set_alias("challenger", previous)
+        tracking.delete_version(version)
+        tracking.set_terminated(run_id, status="FAILED")
         raise
-    client.set_terminated(run_id, status="FINISHED")
+    tracking.set_terminated(run_id, status="FINISHED")
     return version

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from her2ops.errors import InvalidRequest
 from her2ops.imaging.readers import ImageError, ImageInfo, file_sha256, read_rgb
 from her2ops.imaging.store import CoreStore, StoreError
 from her2ops.platform import audit
@@ -30,10 +31,10 @@ def add_user(session: Session, *, actor: str | None, username: str, role: str) -
     """Add a user. The very first user may be added without an actor (bootstrap); after that
     only an admin adds users."""
     if role not in ROLES:
-        raise ValueError(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
+        raise InvalidRequest(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
     username = username.strip()
     if not username:
-        raise ValueError("username must not be empty")
+        raise InvalidRequest("username must not be empty")
     bootstrap = user_count(session) == 0
     actor_user = None if bootstrap else require(session, actor, "users.add")
     if session.scalar(select(User).where(User.username == username)) is not None:

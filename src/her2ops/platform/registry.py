@@ -1,7 +1,8 @@
 """Model versions: our table mirrors MLflow's registry and adds lineage; aliases; references.
 
 A model reference is ``champion``, ``challenger`` (aliases), a version number, or an MLflow
-run id. Promotion moves an alias in MLflow and in the table, audited, in one step.
+run id. Promotion moves an alias in MLflow and then in the table (audited); the MLflow side lives
+in ``her2ops.tracking`` and the use case that orders the two steps in ``pipelines.models``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from her2ops.platform import audit
 from her2ops.platform.access import require
-from her2ops.platform.errors import NotFound
+from her2ops.platform.errors import InvalidRequest, NotFound
 from her2ops.platform.schema import ModelVersion, Split
 
 ALIASES = ("champion", "challenger")
@@ -55,15 +56,15 @@ def set_alias(session: Session, mv: ModelVersion, alias: str) -> None:
         mv.aliases = [*(mv.aliases or []), alias]
 
 
-def promote(
-    session: Session, *, actor: str | None, ref: str, name: str, alias: str = "champion"
-) -> ModelVersion:
-    """Give ``alias`` to the version ``ref`` names, in MLflow and in the table (audited)."""
-    import mlflow
+def record_alias(session: Session, *, actor: str | None, ref: str, name: str, alias: str) -> int:
+    """Move ``alias`` to the version ``ref`` names in the table, audited; the version number.
 
-    from her2ops.pipelines.tracking import configure
-
+    Only the database step: the caller moves the alias in MLflow first and moves it back if
+    this step fails (see ``pipelines.models.promote_model``).
+    """
     user = require(session, actor, "models.promote")
+    if alias not in ALIASES:
+        raise InvalidRequest(f"unknown alias {alias!r}; aliases: {', '.join(ALIASES)}")
     mv = resolve_ref(session, ref, name=name)
     previous = [
         v.version
@@ -72,8 +73,6 @@ def promote(
     ]
     set_alias(session, mv, alias)
     session.flush()
-    configure()
-    mlflow.MlflowClient().set_registered_model_alias(name, alias, str(mv.version))
     audit.record(
         session,
         actor=user,
@@ -82,7 +81,7 @@ def promote(
         key=f"{name}/{mv.version}",
         details={"alias": alias, "previous": previous},
     )
-    return mv
+    return mv.version
 
 
 def list_versions(session: Session, *, name: str) -> list[dict[str, Any]]:

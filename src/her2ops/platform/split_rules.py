@@ -37,6 +37,7 @@ from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from typing import Any
 
+from her2ops.errors import InvalidRequest
 from her2ops.scores import SCORE_LABELS
 
 PARTITIONS: tuple[str, ...] = ("train", "val", "test")
@@ -53,14 +54,14 @@ def parse_ratios(text: str) -> dict[str, float]:
     """
     parts = [p.strip() for p in str(text).split(",")]
     if len(parts) not in (2, 3) or any(p == "" for p in parts):
-        raise ValueError(
+        raise InvalidRequest(
             f"bad ratios {text!r}: expected 2 or 3 comma-separated numbers "
             "(train,test or train,val,test), e.g. 0.7,0.1,0.2"
         )
     try:
         values = [float(p) for p in parts]
     except ValueError:
-        raise ValueError(f"bad ratios {text!r}: not all values are numbers") from None
+        raise InvalidRequest(f"bad ratios {text!r}: not all values are numbers") from None
     names = ("train", "test") if len(values) == 2 else PARTITIONS
     ratios = dict(zip(names, values, strict=True))
     validate_ratios(ratios)
@@ -70,13 +71,13 @@ def parse_ratios(text: str) -> dict[str, float]:
 def validate_ratios(ratios: Mapping[str, float]) -> None:
     """Raise ``ValueError`` unless ratios are finite, >= 0, not all 0 and sum to 1 (within 1e-6)."""
     if not ratios:
-        raise ValueError("ratios: no partitions")
+        raise InvalidRequest("ratios: no partitions")
     for name, r in ratios.items():
         if not math.isfinite(r) or r < 0:
-            raise ValueError(f"bad ratio for {name}: {r!r} (must be a finite number >= 0)")
+            raise InvalidRequest(f"bad ratio for {name}: {r!r} (must be a finite number >= 0)")
     total = math.fsum(ratios.values())
     if abs(total - 1.0) > 1e-6:
-        raise ValueError(f"ratios must sum to 1, not {total:g}")
+        raise InvalidRequest(f"ratios must sum to 1, not {total:g}")
 
 
 def _exact_ratios(ratios: Mapping[str, float]) -> dict[str, Fraction]:

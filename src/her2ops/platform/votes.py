@@ -15,6 +15,7 @@ from pathlib import Path
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
+from her2ops.errors import InvalidRequest
 from her2ops.imaging.readers import file_sha256
 from her2ops.platform import audit
 from her2ops.platform.access import require
@@ -216,7 +217,7 @@ def cast_vote(
         raise NotFound(f"unknown core {core!r}")
     text = vote_to_text(parse_vote(score))
     if round not in VOTE_ROUNDS:
-        raise ValueError(f"bad round {round!r}: expected one of {', '.join(VOTE_ROUNDS)}")
+        raise InvalidRequest(f"bad round {round!r}: expected one of {', '.join(VOTE_ROUNDS)}")
     seq = 0
     if round == "review":
         prev = session.scalars(

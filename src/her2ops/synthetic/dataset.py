@@ -35,9 +35,10 @@ from numpy.typing import NDArray
 from PIL import Image, ImageDraw, ImageFont
 
 from her2ops.imaging.stains import dab_od, membrane_dab_od
+from her2ops.progress import Progress, no_progress, track
+from her2ops.scores import SCORE_LABELS
 from her2ops.synthetic.render import ARTEFACTS, CLASS_PATTERNS, synth_core
 from her2ops.synthetic.votes import pairwise_agreement, simulate_votes, status_counts
-from her2ops.scores import SCORE_LABELS
 
 __all__ = [
     "ARTEFACTS",
@@ -231,10 +232,9 @@ def generate_dataset(
     seed: int,
     contact_sheet: bool = False,
     tma_slide: bool = False,
-    progress: bool = True,
+    progress: Progress = no_progress,
 ) -> SynthSummary:
     """Write a synthetic data set of ``cores`` cores from ``patients`` patients (see module doc)."""
-    from tqdm import tqdm
 
     start = time.perf_counter()
     out = Path(out)
@@ -246,11 +246,8 @@ def generate_dataset(
     manifest_rows, truth_rows = [], []
     thumbs: dict[str, list[tuple[str, Image.Image]]] = {}
     demo_images: list[NDArray[np.uint8]] = []
-    for plan, seq in tqdm(
-        list(zip(plans, core_seq.spawn(len(plans)), strict=True)),
-        desc="synth",
-        unit="core",
-        disable=not progress,
+    for plan, seq in track(
+        list(zip(plans, core_seq.spawn(len(plans)), strict=True)), progress, "synthesizing cores"
     ):
         img, truth = synth_core(
             plan.score,

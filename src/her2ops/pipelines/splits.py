@@ -1,0 +1,34 @@
+"""Split use cases: create, extend and show patient-level splits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from her2ops.pipelines.runtime import get_runtime
+from her2ops.platform import splits as split_service
+from her2ops.platform.split_rules import parse_ratios
+
+
+def create_split(
+    *, actor: str | None, name: str, seed: int, ratios: str = "0.7,0.1,0.2", replace: bool = False
+) -> dict[str, Any]:
+    """Assign every patient to train/val/test (stratified, seeded); the split's summary."""
+    parsed = parse_ratios(ratios)
+    with get_runtime().session() as s:
+        split_service.create_split(
+            s, actor=actor, name=name, seed=seed, ratios=parsed, replace=replace
+        )
+        return split_service.show_split(s, name)
+
+
+def extend_split(*, actor: str | None, name: str) -> dict[str, Any]:
+    """Assign the patients not yet in the split (nobody moves); summary plus ``added``."""
+    with get_runtime().session() as s:
+        added = split_service.extend_split(s, actor=actor, name=name)
+        return {**split_service.show_split(s, name), "added": len(added)}
+
+
+def show_split(*, actor: str | None, name: str) -> dict[str, Any]:
+    """Sizes and class balance of a split, by patient and by labelled core."""
+    with get_runtime().session() as s:
+        return split_service.show_split(s, name)
