@@ -136,6 +136,19 @@ class Tracking:
         )
         return Path(local)
 
+    def local_artifact(self, run_id: str, artifact_path: str) -> Path | None:
+        """The artefact's own file when the artefact store is a local folder (no copy), else
+        None."""
+        from urllib.parse import unquote, urlparse
+
+        self.experiment_id()
+        root = str(self.client.get_run(run_id).info.artifact_uri)
+        parsed = urlparse(root)
+        if parsed.scheme not in ("", "file"):
+            return None
+        path = Path(unquote(parsed.path)) / artifact_path
+        return path if path.is_file() else None
+
     # --- registry -------------------------------------------------------------------------
 
     def register_model(self, run_id: str, net: Any) -> int:

@@ -116,7 +116,7 @@ class BarProgress:
         if message != self._message or self._bar is None:
             self.close()
             self._message = message
-            self._bar = tqdm(total=total, desc=message, file=sys.stderr, leave=False)
+            self._bar = tqdm(total=total, desc=message, file=sys.stderr)
         if total is not None and self._bar.total != total:
             self._bar.total = total
         if done > self._bar.n:

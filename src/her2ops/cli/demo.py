@@ -19,7 +19,8 @@ from pathlib import Path
 
 import typer
 
-ROOT = Path(os.environ.get("HER2OPS_DEMO_DIR", "her2ops-data/demo")).resolve()
+# Set by main() from HER2OPS_DEMO_DIR (nothing is read from the environment at import time).
+ROOT = Path("her2ops-data/demo")
 SYN = ROOT / "synthetic"
 
 
@@ -43,6 +44,9 @@ def her2ops(*args: object, user: str | None = None) -> None:
 
 
 def main() -> None:
+    global ROOT, SYN
+    ROOT = Path(os.environ.get("HER2OPS_DEMO_DIR", "her2ops-data/demo")).resolve()
+    SYN = ROOT / "synthetic"
     started = time.perf_counter()
     patients = int(os.environ.get("HER2OPS_DEMO_PATIENTS", "150"))
     cores = int(os.environ.get("HER2OPS_DEMO_CORES", "300"))

@@ -74,7 +74,11 @@ def check_protocol(n_sets: int, top_k: int, confidence: str) -> None:
 
 
 def weights_path(rt: Runtime, mv: ModelVersion) -> Path:
-    """Local path of the version's weights file (downloaded from the run's artefacts once)."""
+    """Local path of the version's weights file: read in place from a local artefact store,
+    downloaded once into DATA_DIR/models from a remote one (an ``mlflow server``)."""
+    local = rt.tracking.local_artifact(mv.run_id, "weights/best.pt")
+    if local is not None:
+        return local
     cache = rt.settings.data_dir / "models" / mv.name / str(mv.version)
     target = cache / "best.pt"
     if not target.exists():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -265,6 +266,9 @@ def _train(
             actor=actor,
             device=device,
         )
+        # The run is registered: its weights live in MLflow now, and a finished run is never
+        # resumed, so the local checkpoints (the resumable one holds optimizer state too) go.
+        shutil.rmtree(out_dir, ignore_errors=True)
     return TrainOutcome(
         run_id=run_id,
         version=version,
