@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_pss.py
 	$(PY) benchmarks/bench_model.py
 	$(PY) benchmarks/bench_study.py
+	$(PY) benchmarks/bench_scoring.py
 
 clean-demo:
 	rm -rf her2ops-data/demo
