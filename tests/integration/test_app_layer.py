@@ -86,3 +86,29 @@ def test_interrupted_scoring_keeps_work_and_promotion_is_all_or_nothing(
     assert res["version"] == out.version and res["previous"] is None
     assert tracking.alias_version("champion") == out.version
     assert _aliases()[out.version] == ["challenger", "champion"]
+
+
+def test_refused_requests_write_nothing(db_url: str, synthetic: Path) -> None:
+    """Bad arguments are refused before any write: no frozen split, no MLflow run, no rows."""
+    from her2ops.errors import InvalidRequest, NotFound
+
+    curate_synthetic(synthetic)
+    for kw in ({"epochs": 0}, {"epochs": 10**6}):
+        with pytest.raises(InvalidRequest, match="--epochs must be between 1 and"):
+            train_mod.train_model(actor="eng", split="main", profile_name="test", **kw)
+    with pytest.raises(NotFound, match="no MLflow run"):
+        train_mod.train_model(
+            actor="eng", split="main", profile_name="test", epochs=1, resume_run="nope"
+        )
+    with session_scope() as s:
+        from her2ops.platform.schema import Split
+
+        split = s.scalar(select(Split).where(Split.name == "main"))
+        assert split is not None and split.frozen_at is None
+    exp = get_runtime().tracking.client.get_experiment_by_name("her2ops")
+    if exp is not None:
+        assert get_runtime().tracking.client.search_runs([exp.experiment_id]) == []
+    with pytest.raises(InvalidRequest, match="valid partitions: train, val, test"):
+        score_cores(actor="eng", model_ref="champion", split="main", partition="holdout")
+    with pytest.raises(NotFound, match="unknown model reference"):
+        score_cores(actor="eng", model_ref="champion", split="main", partition="test")

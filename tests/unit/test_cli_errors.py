@@ -36,3 +36,19 @@ def test_user_error_is_one_line_exit_1(monkeypatch: pytest.MonkeyPatch) -> None:
     result = CliRunner().invoke(app, ["stats"])
     assert result.exit_code == 1
     assert result.output == "error: split name must not be empty\n"
+
+
+def test_protocol_arguments_are_checked_not_defaulted() -> None:
+    from her2ops.pipelines.score import check_protocol
+
+    for n, k, conf, message in [
+        (0, 0, "margin", "--sets must be between 1 and"),
+        (20, 0, "margin", "--top-k must be between 1 and --sets (20)"),
+        (5, 6, "margin", "--top-k must be between 1 and --sets (5)"),
+        (10**9, 5, "margin", "--sets must be between 1 and"),
+        (20, 5, "vibes", "unknown confidence 'vibes'"),
+    ]:
+        with pytest.raises(InvalidRequest) as err:
+            check_protocol(n, k, conf)
+        assert message in str(err.value)
+    check_protocol(20, 5, "margin")

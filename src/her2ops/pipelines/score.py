@@ -34,7 +34,7 @@ from her2ops.platform.predictions import (
     scored_core_ids,
 )
 from her2ops.platform.registry import resolve_ref
-from her2ops.platform.schema import ModelVersion
+from her2ops.platform.schema import PARTITIONS, ModelVersion
 from her2ops.profiles import Profile, get_profile
 
 #: Upper bounds of the protocol's arguments (a typo must not mean hours of work).
@@ -164,6 +164,10 @@ def score_cores(
     progress: Progress = no_progress,
 ) -> ScoreReport:
     """Score the chosen cores (codes, or a split's partition) and write their predictions."""
+    if partition is not None and partition not in PARTITIONS:
+        raise InvalidRequest(
+            f"unknown partition {partition!r}; valid partitions: {', '.join(PARTITIONS)}"
+        )
     rt = get_runtime()
     with rt.session() as s:
         require(s, actor, "models.score")
