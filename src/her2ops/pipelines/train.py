@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from her2ops.errors import InvalidRequest
 from her2ops.models.distributed import setup_distributed
-from her2ops.pipelines.progress import Progress, no_progress
+from her2ops.pipelines.progress import Progress, no_progress, track
 from her2ops.pipelines.runtime import Runtime, get_runtime
 from her2ops.platform import audit
 from her2ops.platform.access import require
@@ -265,6 +265,7 @@ def _train(
             val_items=val_items,
             actor=actor,
             device=device,
+            progress=progress,
         )
         # The run is registered: its weights live in MLflow now, and a finished run is never
         # resumed, so the local checkpoints (the resumable one holds optimizer state too) go.
@@ -296,6 +297,7 @@ def _register(
     val_items: list[Any],
     actor: str | None,
     device: str | None,
+    progress: Progress,
 ) -> int:
     from her2ops.models.evaluation import compute_metrics, plot_confusion, plot_curves
     from her2ops.models.inference import score_core
@@ -309,7 +311,7 @@ def _register(
     # Validation with the paper's protocol (N sets, top-k) on the best weights.
     sampler = rt.sampler(profile.pss)
     y_true, y_pred, probs = [], [], []
-    for item in val_items:
+    for item in track(val_items, progress, "validation with the paper's protocol"):
         sc = score_core(
             net,
             sampler.for_core(item.sha256, item.core),
