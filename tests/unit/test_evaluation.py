@@ -11,7 +11,10 @@ from sklearn.metrics import roc_auc_score
 
 from her2ops.models.evaluation import (
     compute_metrics,
+    confusion_matrix,
     expected_calibration_error,
+    matrix_metrics,
+    matrix_summary,
     metrics_table,
     plot_confusion,
     plot_curves,
@@ -40,13 +43,44 @@ def test_accuracy_confusion_and_specificity() -> None:
     assert m["per_class"]["3+"]["specificity"] == pytest.approx(6 / 7)
 
 
-def test_adjacent_accuracy_definition() -> None:
+def test_adjacent_accuracy_readings() -> None:
     m = compute_metrics(Y_TRUE, Y_PRED, _probs())
-    # 0/1+: true in {0,1}: cores 0-4, right: 0, 2, 3 -> 3/5; predicted in pair too: 0-3 -> 3/4
-    assert m["adjacent"]["0/1+"]["accuracy"] == pytest.approx(3 / 5)
-    assert m["adjacent"]["0/1+"]["within_pair"] == pytest.approx(3 / 4)
-    # 2+/3+: true in {2,3}: cores 5-9, right 5, 7, 8 -> 3/5
-    assert m["adjacent"]["2+/3+"]["accuracy"] == pytest.approx(3 / 5)
+    adj = m["adjacent"]["0/1+"]
+    # true in {0,1}: cores 0-4; right: 0, 2, 3 -> 3/5; predicted in the pair too: 0-3 -> 3/4;
+    # predicted in the pair at all (right or swapped): 0-3 -> 4/5
+    assert adj["exact_given_truth_in_pair"] == pytest.approx(3 / 5)
+    assert adj["exact_given_both_in_pair"] == pytest.approx(3 / 4)
+    assert adj["prediction_in_pair"] == pytest.approx(4 / 5)
+    assert adj["cores"] == 5 and adj["cores_both_in_pair"] == 4
+    # 1+/2+: true in {1,2}: cores 2-6; right 2, 3, 5; both in pair: 2, 3, 4, 5 -> 3/4; 4/5
+    adj = m["adjacent"]["1+/2+"]
+    assert adj["exact_given_truth_in_pair"] == pytest.approx(3 / 5)
+    assert adj["exact_given_both_in_pair"] == pytest.approx(3 / 4)
+    assert adj["prediction_in_pair"] == pytest.approx(4 / 5)
+    # 2+/3+: true in {2,3}: cores 5-9, right 5, 7, 8 -> 3/5; both: 5-8 -> 3/4
+    adj = m["adjacent"]["2+/3+"]
+    assert adj["exact_given_truth_in_pair"] == pytest.approx(3 / 5)
+    assert adj["exact_given_both_in_pair"] == pytest.approx(3 / 4)
+
+
+def test_matrix_metrics_vectorised_and_on_expected_matrices() -> None:
+    cm = confusion_matrix(Y_TRUE, Y_PRED)
+    one = matrix_metrics(cm)
+    stacked = matrix_metrics(np.stack([cm, cm, np.eye(4, dtype=int)]))
+    for key, v in one.items():
+        np.testing.assert_allclose(stacked[key][0], v)
+        np.testing.assert_allclose(stacked[key][2], 1.0)  # a perfect matrix
+    # an expected (fractional) matrix: half of class 0 predicted 1+
+    exp = np.diag([2.0, 2.0, 2.0, 2.0])
+    exp[0] = [1.0, 1.0, 0.0, 0.0]
+    mm = matrix_metrics(exp)
+    assert mm["sensitivity"][0] == pytest.approx(0.5)
+    assert mm["specificity"][1] == pytest.approx(5 / 6)
+    assert mm["exact_given_truth_in_pair"][0] == pytest.approx(3 / 4)
+    assert mm["prediction_in_pair"][0] == pytest.approx(1.0)
+    # no cores of a class: NaN, reported as None
+    assert np.isnan(matrix_metrics(np.diag([0, 1, 1, 1]))["sensitivity"][0])
+    assert matrix_summary(np.diag([0, 1, 1, 1]))["sensitivity"]["0"] is None
 
 
 def test_binary_aucs_match_sklearn_and_kappa_is_quadratic() -> None:
@@ -87,6 +121,7 @@ def test_table_and_json() -> None:
     rows = metrics_table(m)
     names = {r["metric"] for r in rows}
     assert {"accuracy", "specificity 2+", "AUC 0/1+/2+ vs 3+", "adjacent accuracy 1+/2+"} <= names
+    assert {"adjacent pairwise accuracy 0/1+", "adjacent in-pair rate 2+/3+"} <= names
     json.dumps(m)
     json.dumps(rows)
 

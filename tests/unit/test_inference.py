@@ -44,8 +44,21 @@ def test_confidence_kinds() -> None:
     np.testing.assert_allclose(confidence_scores(P, "max"), [0.7, 0.6, 0.4, 0.85, 0.25])
     ent = confidence_scores(P, "entropy")
     assert ent.argmin() == 4 and np.isclose(ent[4], -np.log(4))
+    np.testing.assert_allclose(confidence_scores(P, "range"), [0.65, 0.5, 0.3, 0.8, 0.0])
+    # population std of the four probabilities, by hand for set 0: mean .25,
+    # deviations .45 -.05 -.2 -.2 -> variance (.2025 + .0025 + .04 + .04) / 4
+    std = confidence_scores(P, "std")
+    assert std[0] == pytest.approx(np.sqrt(0.285 / 4)) and std[4] == pytest.approx(0.0)
     with pytest.raises(ValueError, match="margin"):
         confidence_scores(P, "bogus")
+
+
+def test_each_measure_can_pick_another_kcs() -> None:
+    """The measures disagree on which set is most confident: the choice matters."""
+    sets = np.array([[0.55, 0.45, 0.0, 0.0], [0.5, 0.1, 0.2, 0.2], [0.6, 0.2, 0.2, 0.0]])
+    # margin .10 / .30 / .40 -> set 2; std .2525 / .1500 / .2179 -> set 0
+    assert kcs_decision(sets, 1, "margin").kcs_indices[0] == 2
+    assert kcs_decision(sets, 1, "std").kcs_indices[0] == 0
 
 
 def test_kcs_is_k_most_confident_and_final_is_their_max_class() -> None:
@@ -82,6 +95,42 @@ def test_predict_sets_batches_agree_with_one_batch() -> None:
     np.testing.assert_allclose(a.sum(axis=1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     assert not net.training  # inference puts the model in eval mode
+
+
+def test_head_and_softmax_run_in_float32_under_autocast(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The backbone may run in bf16; the classifier head sees float32 and returns float32."""
+    import contextlib
+
+    import her2ops.models.inference as inference
+
+    profile = get_profile("test")
+    torch.manual_seed(0)
+    net = build_network(profile)
+    sets = np.random.default_rng(1).integers(
+        0, 256, (3, profile.pss.channels, 32, 32), dtype=np.uint8
+    )
+    seen: list[torch.dtype] = []
+    net.backbone.classifier.register_forward_hook(
+        lambda _m, inp, out: seen.extend([inp[0].dtype, out.dtype])
+    )
+    feature_dtypes: list[torch.dtype] = []
+    net.backbone.features.register_forward_hook(
+        lambda _m, _inp, out: feature_dtypes.append(out.dtype)
+    )
+
+    def cpu_bf16(_device: torch.device) -> contextlib.AbstractContextManager[object]:
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+
+    monkeypatch.setattr(inference, "autocast", cpu_bf16)
+    out = predict_sets(net, sets, device="cpu")
+    assert feature_dtypes == [torch.bfloat16]  # the backbone did run under bf16 autocast
+    assert seen == [torch.float32, torch.float32]
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-6)
+    # without autocast the float32 head gives exactly the model's own forward
+    monkeypatch.undo()
+    with torch.inference_mode():
+        ref = torch.softmax(net.eval()(torch.as_tensor(sets)), dim=1).numpy()
+    np.testing.assert_allclose(predict_sets(net, sets, device="cpu"), ref, rtol=1e-5, atol=1e-7)
 
 
 def test_score_core_runs_protocol_over_all_sets() -> None:

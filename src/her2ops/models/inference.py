@@ -1,11 +1,21 @@
 """The paper's inference protocol: N sets per core, the k most confident (KCS), final = max class.
 
 For one core, ``N`` independent pyramid sampling sets go through the network; each gives a softmax
-output. The *confidence* of an output is, by default, the margin between its two largest
-probabilities (``"max"``: the largest probability; ``"entropy"``: minus the entropy). The KCS is
-the ``k`` most confident outputs; ties in confidence go to the earlier set (a stable sort), the
-same rule :mod:`her2ops.models.study` uses. The final score is the largest predicted class in the
-KCS; the KCS's averaged probabilities are what ROC curves use.
+output. The KCS is the ``k`` most confident outputs; ties in confidence go to the earlier set (a
+stable sort), the same rule :mod:`her2ops.models.study` uses. The final score is the largest
+predicted class in the KCS; the KCS's averaged probabilities are what ROC curves use.
+
+**Confidence: the choice.** The paper keeps the sets with "a clear preference for one HER2
+category", judged by "the disparity in HER2 class probabilities" of the softmax output, and gives
+no formula. Our reading, and the default everywhere, is the **margin**: top-1 minus top-2
+probability (how clearly one category beats the next). The other readings are offered so the
+choice can be measured (``her2ops evaluate --study`` prints the study's median accuracy at
+(20, 5) under each): ``max`` (the largest probability), ``range`` (largest minus smallest),
+``std`` (standard deviation of the four probabilities) and ``entropy`` (minus the entropy).
+
+The classifier head and the softmax run in float32 at inference, also when the backbone runs
+under bf16 autocast on CUDA: bf16 logits (8 bits of mantissa) make near-saturated sets tie in
+confidence, and the KCS would then be picked by set order instead of by confidence.
 """
 
 from __future__ import annotations
@@ -19,10 +29,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from her2ops.models.network import autocast, batch_to_device
+from her2ops.models.network import autocast, batch_to_device, unwrap
 
-Confidence = Literal["margin", "max", "entropy"]
-CONFIDENCES: tuple[str, ...] = ("margin", "max", "entropy")
+Confidence = Literal["margin", "max", "range", "std", "entropy"]
+#: the confidence measures; the first is the default (see the module docstring)
+CONFIDENCES: tuple[str, ...] = ("margin", "max", "range", "std", "entropy")
 
 
 def confidence_scores(probs: np.ndarray, confidence: str = "margin") -> np.ndarray:
@@ -33,6 +44,10 @@ def confidence_scores(probs: np.ndarray, confidence: str = "margin") -> np.ndarr
         return top2[..., 1] - top2[..., 0]
     if confidence == "max":
         return p.max(axis=-1)
+    if confidence == "range":
+        return p.max(axis=-1) - p.min(axis=-1)
+    if confidence == "std":
+        return p.std(axis=-1)
     if confidence == "entropy":
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(p > 0, p * np.log(p), 0.0).sum(axis=-1)
@@ -70,6 +85,19 @@ def kcs_decision(probs: np.ndarray, k: int, confidence: str = "margin") -> Decis
     )
 
 
+def logits_fp32_head(model: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Logits with the DenseNet features under the device's autocast (bf16 on CUDA) and the
+    head (ReLU, global pooling, classifier) in float32."""
+    net = unwrap(model)
+    backbone = net.backbone
+    with autocast(device):
+        feats = backbone.features(net.prepare(x))
+    with torch.autocast(device.type, enabled=False):
+        pooled = nn.functional.adaptive_avg_pool2d(nn.functional.relu(feats.float()), (1, 1))
+        head: nn.Module = backbone.classifier
+        return head(torch.flatten(pooled, 1)).float()
+
+
 @torch.inference_mode()
 def predict_sets(
     model: nn.Module,
@@ -85,9 +113,7 @@ def predict_sets(
     out = []
     for i in range(0, x_all.shape[0], batch_size):
         x = batch_to_device(x_all[i : i + batch_size], device)
-        with autocast(device):
-            logits = model(x)
-        out.append(torch.softmax(logits.float(), dim=1).cpu())
+        out.append(torch.softmax(logits_fp32_head(model, x, device), dim=1).cpu())
     if not out:
         return np.zeros((0, 4), dtype=np.float32)
     return torch.cat(out).numpy().astype(np.float32)

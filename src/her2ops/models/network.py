@@ -63,11 +63,14 @@ class PSSNet(nn.Module):
     def in_channels(self) -> int:
         return 3 * self.num_patches
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 or float sets -> the normalised float input of the backbone."""
         if x.dtype == torch.uint8:
             x = x.float().div_(255.0)
-        x = (x - self.mean) / self.std
-        return self.backbone(x)
+        return (x - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self.prepare(x))
 
 
 def build_network(

@@ -1,48 +1,93 @@
 """The N/k study (the paper's Figs. 4 and 5), computed exactly instead of by a loop over draws.
 
 Input: ``probs`` (cores x M x 4), the softmax outputs of M cached sets per core, and ``labels``.
-A *draw* at (N, k) picks, for every core independently, a uniformly random N-subset of its M
-outputs and applies the protocol (KCS = the k most confident of the subset, final = max class);
-the draw's accuracy is the fraction of cores scored right. The paper ran 10,000 draws per point.
+A *draw* at (N, k) picks, for every core independently, N of its M outputs and applies the
+protocol (KCS = the k most confident of the N, final = max class); the draw's accuracy is the
+fraction of cores scored right. The paper ran 10,000 draws per point.
 
-Exact method. Sort a core's M outputs by confidence, descending, ties to the earlier output (the
-stable rule :func:`her2ops.models.inference.kcs_decision` uses, so a subset's order is the
-sorted order restricted to it). Let ``b_p = 1`` when the output at sorted position ``p`` (0-based)
-predicts a class <= c, and ``G_p`` the number of such outputs before ``p``. The final is <= c iff
-the subset's k most confident all predict <= c. Conditioning on the position ``p`` of the subset's
-k-th most confident element (probability C(p, k-1) C(M-1-p, N-k) / C(M, N)), the other k-1 are a
-uniform (k-1)-subset of the p positions before it, all "good" with probability
-C(G_p, k-1) / C(p, k-1), so
+**Sampling.** The paper does not say whether the N outputs are drawn with or without
+replacement. The default here is *without* (a uniformly random N-subset of the M outputs, so
+N <= M); ``replace=True`` draws N outputs independently and uniformly (with replacement; any N),
+which is what N fresh i.i.d. sets of a core would give if the M outputs were the whole
+population. Both are exact; every result states which one it used (``sampling``).
+
+**N < k.** With fewer sets than k the KCS is all N sets (k' = min(k, N)), so Fig. 4's points
+N = 1..4 at k = 5 exist; each point records its ``kcs`` = k'.
+
+Exact method without replacement. Sort a core's M outputs by confidence, descending, ties to the
+earlier output (the stable rule :func:`her2ops.models.inference.kcs_decision` uses, so a
+subset's order is the sorted order restricted to it). Let ``b_p = 1`` when the output at sorted
+position ``p`` (0-based) predicts a class <= c, and ``G_p`` the number of such outputs before
+``p``. The final is <= c iff the subset's k most confident all predict <= c. Conditioning on the
+position ``p`` of the subset's k-th most confident element (probability C(p, k-1) C(M-1-p, N-k)
+/ C(M, N)), the other k-1 are a uniform (k-1)-subset of the p positions before it, all "good"
+with probability C(G_p, k-1) / C(p, k-1), so
 
     P(final <= c) = sum_p b_p * [C(G_p, k-1) / C(p, k-1)] * [C(p, k-1) C(M-1-p, N-k) / C(M, N)].
 
 Both brackets lie in [0, 1] (computed in log space), and for a fixed k the sum over p is one
-matrix product over all N. Cores are independent within a draw, so a draw's number of correct
-cores is Poisson-binomial with the per-core P(final = label): its exact distribution is built by
-dynamic programming and ``draws`` accuracies are sampled from it (the same distribution as the
+matrix product over all N.
+
+Exact method with replacement. The N draws are i.i.d. positions. The k most confident draws all
+predict <= c iff the k-th smallest drawn position ``p`` is good and no draw falls on a bad
+position before ``p``. With A the draws on good positions before p and B those on p, that is
+{A <= k-1, A + B >= k, no bad draw before p}, whose probability is
+
+    T_p^N [Bin(k-1; N, G_p / (M T_p)) - Bin(k-1; N, (G_p + 1) / (M T_p))],  T_p = (G_p + M - p) / M,
+
+where Bin is the binomial CDF; summing over good p gives P(final <= c).
+
+Draws. Cores are independent within a draw, so a draw's number of correct cores is
+Poisson-binomial with the per-core P(final = label): its exact distribution is built by dynamic
+programming and ``draws`` accuracies are sampled from it (the same distribution as the
 brute-force simulation, at no per-draw cost); the report gives their min, median and max and the
-exact mean. At the confusion points, ``draws`` draws are simulated per core from the exact
-per-core distributions of the final score, and the confusion matrices of the min/median/max draw
-are reported along with the expected matrix (sum over cores of P(final = c) in the core's label
-row); the curve's statistics at those points are those simulated draws'. Points with k > N or
-N > M are skipped and listed.
+exact mean. The *median* is the lower median: the draw ranked ``(draws - 1) // 2`` (0-based) by
+accuracy, an actual draw (never the average of two). At the confusion points, ``draws`` draws
+are simulated per core from the exact per-core distributions of the final score; the curve's
+statistics at those points are those simulated draws', so the curve's median and the median
+confusion matrix are the same draw. Each confusion point also holds the expected matrix, the
+per-class sensitivity/specificity and adjacent accuracies of the median draw and their means over
+the draws, and the exact distribution of the number of correct cores (for percentiles).
+Points with N > M (without replacement) are skipped and listed.
 """
 
 from __future__ import annotations
 
 import re
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.special import gammaln
+from scipy.special import bdtr, gammaln
 
-from her2ops.errors import InvalidRequest
-from her2ops.models.inference import confidence_order
+from her2ops.models.evaluation import matrix_metrics, matrix_summary, summary_from_arrays
+from her2ops.models.inference import CONFIDENCES, confidence_order
 from her2ops.scores import NUM_CLASSES
+
+WITHOUT_REPLACEMENT = "without replacement"
+WITH_REPLACEMENT = "with replacement"
+
+
+def sampling_name(replace: bool) -> str:
+    return WITH_REPLACEMENT if replace else WITHOUT_REPLACEMENT
+
+
+def sampling_assumption(replace: bool, m: int) -> str:
+    """One line stating how a draw picks its N outputs (printed with every study)."""
+    if replace:
+        return (
+            f"sampling: each draw takes N of the M={m} cached outputs per core WITH replacement "
+            "(i.i.d.; the paper does not say which)"
+        )
+    return (
+        f"sampling: each draw takes N of the M={m} cached outputs per core WITHOUT replacement "
+        "(a random N-subset, N <= M; the paper does not say which)"
+    )
+
 
 _RANGE = re.compile(r"^(\d+)\s*\.\.\s*(\d+)$")
 
@@ -57,16 +102,14 @@ def parse_int_list(text: str) -> list[int]:
         if m:
             lo, hi = int(m.group(1)), int(m.group(2))
             if lo > hi:
-                raise InvalidRequest(f"empty range {token!r}")
+                raise ValueError(f"empty range {token!r}")
             out.update(range(lo, hi + 1))
         elif token.isdigit():
             out.add(int(token))
         else:
-            raise InvalidRequest(
-                f"bad list item {token!r}: expected an integer or a range like 1..20"
-            )
+            raise ValueError(f"bad list item {token!r}: expected an integer or a range like 1..20")
     if not out or min(out) < 1:
-        raise InvalidRequest(f"{text!r}: expected positive integers")
+        raise ValueError(f"{text!r}: expected positive integers")
     return sorted(out)
 
 
@@ -76,7 +119,7 @@ class ExactKCS:
     def __init__(self, probs: np.ndarray, confidence: str = "margin") -> None:
         probs = np.asarray(probs, dtype=np.float64)
         if probs.ndim != 3 or probs.shape[2] != NUM_CLASSES or probs.shape[1] < 1:
-            raise InvalidRequest(f"probs must be (cores, M, {NUM_CLASSES}), got {probs.shape}")
+            raise ValueError(f"probs must be (cores, M, {NUM_CLASSES}), got {probs.shape}")
         self.cores, self.m = probs.shape[:2]
         order = confidence_order(probs, confidence)  # (cores, M), stable
         cls = np.take_along_axis(probs.argmax(axis=2), order, axis=1)
@@ -112,15 +155,41 @@ class ExactKCS:
         )
         return np.exp(log_q)
 
-    def final_probs(self, n_values: Sequence[int], k: int) -> np.ndarray:
-        """P(final = c) for each N in ``n_values`` at this k: (len(n_values), cores, 4)."""
-        n_values = list(n_values)
-        if any(not k <= n <= self.m for n in n_values):
-            raise InvalidRequest(f"need k <= N <= M={self.m}; got k={k}, N={n_values}")
-        a = self._kth_given_good(k).reshape(-1, self.m)
-        q = self._kth_position(n_values, k)
-        le = (a @ q).reshape(self.cores, NUM_CLASSES - 1, len(n_values))
-        le = np.clip(np.moveaxis(le, 2, 0), 0.0, 1.0)
+    def _kth_given_good_replace(self, n: int, k: int) -> np.ndarray:
+        """P(the k-th smallest of N i.i.d. positions is p, none bad before it), (cores, 3, M)."""
+        m = self.m
+        g = self.before.astype(np.float64)
+        pos = np.arange(m, dtype=np.float64)[None, None, :]
+        room = g + m - pos  # good positions before p, p itself and everything after p
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lo = bdtr(k - 1, n, g / room)
+            hi = bdtr(k - 1, n, np.minimum((g + 1) / room, 1.0))
+            term = np.exp(n * np.log(room / m)) * (lo - hi)
+        return np.where(self.good, term, 0.0)
+
+    def final_probs(self, n_values: Sequence[int], k: int, *, replace: bool = False) -> np.ndarray:
+        """P(final = c) for each N in ``n_values`` at this k: (len(n_values), cores, 4).
+
+        The KCS has ``min(k, N)`` sets. Without replacement N must be at most M."""
+        n_values = [int(n) for n in n_values]
+        if k < 1 or any(n < 1 for n in n_values):
+            raise ValueError(f"need k >= 1 and N >= 1; got k={k}, N={n_values}")
+        if not replace and any(n > self.m for n in n_values):
+            raise ValueError(f"without replacement N must be <= M={self.m}; got N={n_values}")
+        le = np.zeros((len(n_values), self.cores, NUM_CLASSES - 1))
+        groups: dict[int, list[int]] = {}
+        for i, n in enumerate(n_values):
+            groups.setdefault(min(k, n), []).append(i)
+        for kk, idx in groups.items():
+            if replace:
+                for i in idx:
+                    le[i] = self._kth_given_good_replace(n_values[i], kk).sum(axis=2)
+                continue
+            a = self._kth_given_good(kk).reshape(-1, self.m)
+            q = self._kth_position([n_values[i] for i in idx], kk)
+            part = (a @ q).reshape(self.cores, NUM_CLASSES - 1, len(idx))
+            le[idx] = np.moveaxis(part, 2, 0)
+        le = np.clip(le, 0.0, 1.0)
         le = np.maximum.accumulate(le, axis=2)  # rounding must not break monotonicity
         cdf = np.concatenate([le, np.ones((*le.shape[:2], 1))], axis=2)
         return np.diff(cdf, axis=2, prepend=0.0)
@@ -142,7 +211,8 @@ def poisson_binomial_pmf(p: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class StudyPoint:
-    """Accuracy at one (N, k): exact mean and min/median/max over ``draws`` draws."""
+    """Accuracy at one (N, k): exact mean and min/median/max over ``draws`` draws; ``kcs`` is
+    the KCS size used, min(k, N)."""
 
     n: int
     k: int
@@ -150,16 +220,41 @@ class StudyPoint:
     min: float
     median: float
     max: float
+    kcs: int = 0
 
 
 @dataclass(frozen=True)
 class ConfusionPoint:
-    """Confusion matrices at one (N, k): expected, and the min/median/max accuracy draws'."""
+    """Confusion matrices at one (N, k): expected, and the min/median/max accuracy draws'
+    (each with its sensitivity/specificity/adjacent accuracies under ``metrics``);
+    ``mean_metrics`` are those metrics averaged over the draws; ``count_pmf`` the exact
+    distribution of the number of correct cores (left out of ``to_dict``)."""
 
     n: int
     k: int
     expected: list[list[float]]
     draws: dict[str, dict[str, Any]]
+    mean_metrics: dict[str, Any] = field(default_factory=dict)
+    count_pmf: list[float] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n": self.n,
+            "k": self.k,
+            "expected": self.expected,
+            "draws": self.draws,
+            "mean_metrics": self.mean_metrics,
+        }
+
+    def percentile(self, accuracy: float, cores: int) -> float:
+        """Mid-rank percentile (0-100) of ``accuracy`` in this point's exact distribution:
+        100 * (P(acc < a) + P(acc = a) / 2)."""
+        pmf = np.asarray(self.count_pmf)
+        correct = accuracy * cores
+        counts = np.arange(len(pmf))
+        below = float(pmf[counts < correct - 1e-9].sum())
+        equal = float(pmf[np.abs(counts - correct) <= 1e-9].sum())
+        return 100.0 * (below + equal / 2)
 
 
 @dataclass
@@ -178,6 +273,15 @@ class StudyResult:
     confusion: list[ConfusionPoint]
     skipped: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    sampling: str = WITHOUT_REPLACEMENT
+
+    @property
+    def assumption(self) -> str:
+        return sampling_assumption(self.sampling == WITH_REPLACEMENT, self.outputs_per_core)
+
+    def point(self, n: int, k: int) -> ConfusionPoint | None:
+        """The confusion point at (N, k), if the study computed one."""
+        return next((c for c in self.confusion if (c.n, c.k) == (n, k)), None)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -186,11 +290,14 @@ class StudyResult:
             "draws": self.draws,
             "seed": self.seed,
             "confidence": self.confidence,
+            "sampling": self.sampling,
+            "assumption": self.assumption,
+            "median_rule": "lower median: the draw ranked (draws - 1) // 2 by accuracy",
             "k_at": self.k_at,
             "n_at": self.n_at,
             "vs_n": [vars(p) for p in self.vs_n],
             "vs_k": [vars(p) for p in self.vs_k],
-            "confusion": [vars(c) for c in self.confusion],
+            "confusion": [c.to_dict() for c in self.confusion],
             "skipped": self.skipped,
             "seconds": self.seconds,
         }
@@ -201,38 +308,61 @@ class StudyResult:
         return plot_study(self, Path(path))
 
 
+def _lower_median_index(draws: int) -> int:
+    return (draws - 1) // 2
+
+
 def _curve_stats(
     p_correct: np.ndarray, draws: int, rng: np.random.Generator
 ) -> list[tuple[float, float, float, float]]:
-    """(mean, min, median, max) accuracy per row of per-core success probabilities."""
+    """(mean, min, median, max) accuracy per row of per-core success probabilities; the median
+    is the lower median of the draws (an actual draw)."""
     cores = p_correct.shape[1]
     cdf = np.cumsum(poisson_binomial_pmf(p_correct), axis=1)
     out = []
     for row, c in zip(p_correct, cdf, strict=True):
         counts = np.searchsorted(c, rng.random(draws) * c[-1], side="right")
-        acc = np.minimum(counts, cores) / cores
-        out.append((float(row.mean()), float(acc.min()), float(np.median(acc)), float(acc.max())))
+        acc = np.sort(np.minimum(counts, cores) / cores)
+        out.append(
+            (
+                float(row.mean()),
+                float(acc[0]),
+                float(acc[_lower_median_index(draws)]),
+                float(acc[-1]),
+            )
+        )
     return out
 
 
 def _simulate_point(
     final_p: np.ndarray, labels: np.ndarray, draws: int, rng: np.random.Generator
-) -> tuple[dict[str, dict[str, Any]], tuple[float, float, float]]:
-    """Draw every core's final score ``draws`` times; confusion matrices of the extreme draws."""
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any], tuple[float, float, float]]:
+    """Draw every core's final score ``draws`` times: the min/median/max draws' confusion
+    matrices and metrics, the metrics' means over draws, and (min, median, max) accuracy."""
     cum = np.cumsum(final_p, axis=1)[:, :-1]  # (cores, 3)
-    finals = np.zeros((draws, len(labels)), dtype=np.int64)
-    u = rng.random((draws, len(labels)))
+    cores = len(labels)
+    finals = np.zeros((draws, cores), dtype=np.int64)
+    u = rng.random((draws, cores))
     for c in range(NUM_CLASSES - 1):
         finals += u >= cum[None, :, c]
-    acc = (finals == labels[None, :]).mean(axis=1)
+    cells = NUM_CLASSES * NUM_CLASSES
+    flat = (np.arange(draws)[:, None] * cells + labels[None, :] * NUM_CLASSES + finals).ravel()
+    matrices = np.bincount(flat, minlength=draws * cells).reshape(draws, NUM_CLASSES, NUM_CLASSES)
+    acc = np.trace(matrices, axis1=1, axis2=2) / cores
     order = np.argsort(acc, kind="stable")
-    picks = {"min": order[0], "median": order[(draws - 1) // 2], "max": order[-1]}
+    picks = {"min": order[0], "median": order[_lower_median_index(draws)], "max": order[-1]}
     out = {}
     for name, d in picks.items():
-        cm = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
-        np.add.at(cm, (labels, finals[d]), 1)
-        out[name] = {"accuracy": float(acc[d]), "matrix": cm.tolist()}
-    return out, (float(acc.min()), float(np.median(acc)), float(acc.max()))
+        out[name] = {
+            "accuracy": float(acc[d]),
+            "matrix": matrices[d].tolist(),
+            "metrics": matrix_summary(matrices[d]),
+        }
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns stay NaN -> None
+        mean = {k: np.nanmean(v, axis=0) for k, v in matrix_metrics(matrices).items()}
+    stats = (float(acc[order[0]]), float(acc[picks["median"]]), float(acc[order[-1]]))
+    return out, summary_from_arrays(mean), stats
 
 
 def run_study(
@@ -247,23 +377,30 @@ def run_study(
     n_at: int = 200,
     confidence: str = "margin",
     cm_points: Sequence[tuple[int, int]] | None = None,
+    replace: bool = False,
 ) -> StudyResult:
     """Accuracy vs N at ``k = k_at`` and vs k at ``N = n_at`` (min/median/max over ``draws``),
-    with confusion matrices at ``cm_points`` (default: (20, k_at) and (n_at, k_at))."""
+    with confusion matrices at ``cm_points`` (default: (20, k_at) and (n_at, k_at)).
+    ``replace`` draws the N outputs with replacement (see the module docstring)."""
     started = time.perf_counter()
-    labels = np.asarray(labels, dtype=np.int64)
+    labels = np.asarray(labels)
     exact = ExactKCS(probs, confidence)
-    if labels.shape != (exact.cores,) or labels.min() < 0 or labels.max() >= NUM_CLASSES:
-        raise InvalidRequest(f"labels must be {exact.cores} values in 0..{NUM_CLASSES - 1}")
+    if (
+        labels.shape != (exact.cores,)
+        or not np.issubdtype(labels.dtype, np.integer)
+        or labels.min() < 0
+        or labels.max() >= NUM_CLASSES
+    ):
+        raise ValueError(f"labels must be {exact.cores} integers in 0..{NUM_CLASSES - 1}")
+    labels = labels.astype(np.int64)
     if draws < 1:
-        raise InvalidRequest("draws must be at least 1")
+        raise ValueError("draws must be at least 1")
     m, rng = exact.m, np.random.default_rng(seed)
     skipped: list[dict[str, Any]] = []
 
     def valid(n: int, k: int) -> bool:
-        if k > n or n > m:
-            why = "k > N" if k > n else f"N > M={m} outputs per core"
-            skipped.append({"n": n, "k": k, "reason": why})
+        if not replace and n > m:
+            skipped.append({"n": n, "k": k, "reason": f"N > M={m} outputs per core"})
             return False
         return True
 
@@ -273,30 +410,33 @@ def run_study(
     ns = [n for n in sorted(set(n_values)) if valid(n, k_at)]
     vs_n: list[StudyPoint] = []
     if ns:
-        fp = exact.final_probs(ns, k_at)
-        for n, s in zip(ns, _curve_stats(correct(fp), draws, rng), strict=True):
-            vs_n.append(StudyPoint(n, k_at, *s))
+        fp = exact.final_probs(ns, k_at, replace=replace)
+        for n, st in zip(ns, _curve_stats(correct(fp), draws, rng), strict=True):
+            vs_n.append(StudyPoint(n, k_at, *st, kcs=min(k_at, n)))
     ks = [k for k in sorted(set(k_values)) if valid(n_at, k)]
     vs_k: list[StudyPoint] = []
     if ks:
-        fp = np.concatenate([exact.final_probs([n_at], k) for k in ks])
-        for k, s in zip(ks, _curve_stats(correct(fp), draws, rng), strict=True):
-            vs_k.append(StudyPoint(n_at, k, *s))
+        fp = np.concatenate([exact.final_probs([n_at], k, replace=replace) for k in ks])
+        for k, st in zip(ks, _curve_stats(correct(fp), draws, rng), strict=True):
+            vs_k.append(StudyPoint(n_at, k, *st, kcs=min(k, n_at)))
     points = list(cm_points) if cm_points is not None else [(20, k_at), (n_at, k_at)]
     confusion: list[ConfusionPoint] = []
     for n, k in dict.fromkeys(points):
         if not valid(n, k):
             continue
-        final_p = exact.final_probs([n], k)[0]
+        final_p = exact.final_probs([n], k, replace=replace)[0]
         expected = np.zeros((NUM_CLASSES, NUM_CLASSES))
         np.add.at(expected, labels, final_p)
-        sims, (lo, med, hi) = _simulate_point(final_p, labels, draws, rng)
-        confusion.append(ConfusionPoint(n, k, expected.round(6).tolist(), sims))
-        # keep the curves consistent with the matrices shown for the same point
+        sims, mean_metrics, (lo, med, hi) = _simulate_point(final_p, labels, draws, rng)
+        pmf = poisson_binomial_pmf(correct(final_p[None]))[0]
+        confusion.append(
+            ConfusionPoint(n, k, expected.round(6).tolist(), sims, mean_metrics, pmf.tolist())
+        )
+        # the curves show the very draws whose matrices are shown for the same point
         for curve in (vs_n, vs_k):
             for i, pt in enumerate(curve):
                 if (pt.n, pt.k) == (n, k):
-                    curve[i] = StudyPoint(n, k, pt.mean, lo, med, hi)
+                    curve[i] = StudyPoint(n, k, pt.mean, lo, med, hi, kcs=pt.kcs)
     return StudyResult(
         cores=exact.cores,
         outputs_per_core=m,
@@ -310,4 +450,99 @@ def run_study(
         confusion=confusion,
         skipped=skipped,
         seconds=time.perf_counter() - started,
+        sampling=sampling_name(replace),
     )
+
+
+def point_accuracy(
+    probs: np.ndarray,
+    labels: np.ndarray,
+    *,
+    n: int,
+    k: int,
+    confidence: str,
+    draws: int,
+    seed: int = 0,
+    replace: bool = False,
+) -> dict[str, float]:
+    """Exact mean and min/median/max over ``draws`` draws of the accuracy at one (N, k)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    exact = ExactKCS(probs, confidence)
+    fp = exact.final_probs([n], k, replace=replace)
+    p_correct = np.take_along_axis(fp, labels[None, :, None], axis=2)[..., 0]
+    mean, lo, med, hi = _curve_stats(p_correct, draws, np.random.default_rng(seed))[0]
+    return {"mean": mean, "min": lo, "median": med, "max": hi}
+
+
+def compare_confidences(
+    probs: np.ndarray,
+    labels: np.ndarray,
+    *,
+    n: int = 20,
+    k: int = 5,
+    draws: int = 10_000,
+    seed: int = 0,
+    replace: bool = False,
+    measures: Sequence[str] = CONFIDENCES,
+) -> list[dict[str, Any]]:
+    """The study's accuracy at (N, k) under each confidence measure: one row per measure with
+    ``median`` (lower median of ``draws`` draws), ``mean`` (exact), ``min`` and ``max``."""
+    m = np.asarray(probs).shape[1]
+    if not replace and n > m:
+        n = m
+    return [
+        {
+            "confidence": name,
+            "n": n,
+            "k": k,
+            **point_accuracy(
+                probs, labels, n=n, k=k, confidence=name, draws=draws, seed=seed, replace=replace
+            ),
+        }
+        for name in measures
+    ]
+
+
+def study_headline(
+    result: StudyResult,
+    *,
+    single_accuracy: float | None = None,
+    single_seed: int | None = None,
+    n: int = 20,
+    k: int = 5,
+) -> dict[str, Any] | None:
+    """The paper's headline from a study: accuracy at (N, k) as the median (and mean, min, max)
+    over the draws, with sensitivity/specificity/adjacent accuracies at the median draw and as
+    means over the draws; the single scored draw (``single_accuracy``, e.g. ``evaluate``'s
+    seed-0 scoring) is placed in that distribution by its percentile. ``None`` when the study
+    has no confusion point at (N, k)."""
+    point = result.point(n, k)
+    if point is None:
+        return None
+    curve = next((p for p in (*result.vs_n, *result.vs_k) if (p.n, p.k) == (n, k)), None)
+    median = point.draws["median"]
+    exact_mean = float(np.trace(np.asarray(point.expected)) / result.cores)
+    out: dict[str, Any] = {
+        "n": n,
+        "k": k,
+        "draws": result.draws,
+        "confidence": result.confidence,
+        "sampling": result.sampling,
+        "assumption": result.assumption,
+        "accuracy": {
+            "median": median["accuracy"],
+            "mean": curve.mean if curve is not None else exact_mean,
+            "min": point.draws["min"]["accuracy"],
+            "max": point.draws["max"]["accuracy"],
+        },
+        "at_median_draw": median["metrics"],
+        "mean_over_draws": point.mean_metrics,
+        "single_draw": None,
+    }
+    if single_accuracy is not None:
+        out["single_draw"] = {
+            "accuracy": float(single_accuracy),
+            "seed": single_seed,
+            "percentile": point.percentile(float(single_accuracy), result.cores),
+        }
+    return out
