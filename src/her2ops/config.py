@@ -32,6 +32,29 @@ class Settings(BaseSettings):
     )
     registered_model_name: str = "her2-pss"
     device: str | None = Field(default=None, description="torch device; default cuda if present.")
+    # --- label policy and paper fidelity (issue 13) ---
+    min_agreement: int = Field(
+        default=2, ge=1, le=100, description="Voting protocol: agreeing votes a label needs."
+    )
+    min_votes: int = Field(
+        default=2,
+        ge=1,
+        le=100,
+        description="Voting protocol: effective votes before a core is resolved "
+        "(5 for the paper's protocol: five pathologists score every core).",
+    )
+    adjudicator_outside_panel: bool = Field(
+        default=True,
+        description="An adjudication vote must come from a user without an initial or review "
+        "vote on the core.",
+    )
+    val_sets_per_core: int | None = Field(
+        default=None,
+        ge=1,
+        le=100,
+        description="PSSs per validation core for the validation loss (default: the profile's; "
+        "5 for paper).",
+    )
 
     @field_validator("database_url")
     @classmethod

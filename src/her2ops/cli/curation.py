@@ -160,12 +160,22 @@ def votes_cast(
 @app.command("consensus")
 def consensus(
     all_cores: Annotated[bool, typer.Option("--all", help="Re-resolve every core.")] = False,
-    min_agreement: Annotated[int, typer.Option(help="Agreeing votes needed.")] = 2,
+    min_agreement: Annotated[
+        int | None, typer.Option(help="Admins only: override HER2OPS_MIN_AGREEMENT (audited).")
+    ] = None,
+    min_votes: Annotated[
+        int | None, typer.Option(help="Admins only: override HER2OPS_MIN_VOTES (audited).")
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Apply the voting protocol to the cores whose votes changed (labels are versioned)."""
+    """Apply the voting protocol (the lab's policy from settings) to the cores whose votes
+    changed (labels are versioned). Lab managers and admins."""
     report = call(
-        curation.run_consensus, actor=actor(), all_cores=all_cores, min_agreement=min_agreement
+        curation.run_consensus,
+        actor=actor(),
+        all_cores=all_cores,
+        min_agreement=min_agreement,
+        min_votes=min_votes,
     )
     if json_out:
         emit_json(report.to_dict())
@@ -190,6 +200,16 @@ def labels_history(
             f"{mark} v{r['version']} {r['status']:<20} {r['score'] or '-':<3} "
             f"votes={r['n_votes']} {r['at']}"
         )
+
+
+@labels_app.command("reopen")
+def labels_reopen(
+    core: Annotated[str, typer.Argument(help="Core code.")],
+    reason: Annotated[str | None, typer.Option(help="Why (kept in the audit log).")] = None,
+) -> None:
+    """Reopen a core for adjudication (lab managers; audited)."""
+    label = call(curation.reopen_core, actor=actor(), core=core, reason=reason)
+    typer.echo(f"reopened {core}: label v{label['version']} {label['status']}")
 
 
 @labels_app.command("export")

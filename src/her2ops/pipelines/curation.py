@@ -86,13 +86,25 @@ def cast_vote(
 
 
 def run_consensus(
-    *, actor: str | None, all_cores: bool = False, min_agreement: int = 2
+    *,
+    actor: str | None,
+    all_cores: bool = False,
+    min_agreement: int | None = None,
+    min_votes: int | None = None,
 ) -> ConsensusReport:
-    """Apply the voting protocol to the cores whose votes changed (or all of them)."""
+    """Apply the voting protocol to the cores whose votes changed (or all of them), with the
+    lab's policy from settings (other parameters: admins only, audited)."""
     with get_runtime().session() as s:
         return consensus_service.apply_consensus(
-            s, actor=actor, all_cores=all_cores, min_agreement=min_agreement
+            s, actor=actor, all_cores=all_cores, min_agreement=min_agreement, min_votes=min_votes
         )
+
+
+def reopen_core(*, actor: str | None, core: str, reason: str | None = None) -> dict[str, Any]:
+    """Reopen a core for adjudication (lab managers; audited): its new label version."""
+    with get_runtime().session() as s:
+        label = consensus_service.reopen_core(s, actor=actor, core=core, reason=reason)
+        return {"core": core, "version": label.version, "status": label.status}
 
 
 def label_history(*, actor: str | None, core: str) -> list[dict[str, Any]]:

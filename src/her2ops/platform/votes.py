@@ -19,6 +19,7 @@ from her2ops.errors import InvalidRequest
 from her2ops.imaging.readers import file_sha256
 from her2ops.platform import audit
 from her2ops.platform.access import require
+from her2ops.platform.consensus import check_adjudication, gate_adjudications
 from her2ops.platform.csvio import read_csv
 from her2ops.platform.errors import Conflict, ImportRejected, NotFound, RowError
 from her2ops.platform.schema import VOTE_ROUNDS, Core, User, Vote, utcnow
@@ -90,8 +91,9 @@ def import_votes(
                 sources.add(source)
 
     new_rows: list[dict[str, object]] = []
+    row_lines: list[int] = []
+    row_keys: list[str] = []
     in_file: dict[tuple[int, int, str], int] = {}
-    touched: set[int] = set()
     now = utcnow()
     for row in rows:
         code, who = row.get("core"), row.get("pathologist")
@@ -165,8 +167,13 @@ def import_votes(
                 "created_at": now,
             }
         )
-        touched.add(core_id)
+        row_lines.append(row.line)
+        row_keys.append(key)
 
+    # label policy: who may adjudicate, and which cores (platform.consensus)
+    kept, refused = gate_adjudications(session, new_rows, row_lines, row_keys)
+    errors = sorted(errors + refused, key=lambda e: e.line)
+    new_rows, touched = list(kept), {int(r["core_id"]) for r in kept}
     if errors and not skip_invalid:
         raise ImportRejected(str(path), errors)
     report.skipped = errors
@@ -218,6 +225,8 @@ def cast_vote(
     text = vote_to_text(parse_vote(score))
     if round not in VOTE_ROUNDS:
         raise InvalidRequest(f"bad round {round!r}: expected one of {', '.join(VOTE_ROUNDS)}")
+    if round == "adjudication":
+        check_adjudication(session, core_id=core_row.id, core=core, voter=user.username)
     seq = 0
     if round == "review":
         prev = session.scalars(
