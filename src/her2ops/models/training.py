@@ -5,6 +5,19 @@ class-weighted cross-entropy (weights inversely proportional to class frequency 
 partition), flips and 90-degree rotations (in the dataset), early stopping on validation loss.
 On CUDA the forward pass runs under bf16 autocast with channels_last tensors.
 
+The class-weighted loss is the paper's: for a batch of m sets, L = -(1/m) sum_i w_{y_i} log
+p_{i, y_i} (:class:`PaperWeightedCE`), i.e. the weighted sum divided by the batch size m, not
+PyTorch's weighted mean (``CrossEntropyLoss(weight=w)``), which divides by sum_i w_{y_i}. With
+PyTorch's mean every batch has the same total weight, so a batch full of a rare class counts no
+more than one of a frequent class; with the paper's the rare class's larger weights scale its
+gradients up. The validation loss uses the same normalisation (sum over sets / sets).
+
+Validation. The validation loss drives the plateau schedule, early stopping and the choice of
+``best.pt``; with one random PSS per core it is dominated by sampling noise on a small partition.
+The ``paper`` profile therefore scores ``val_sets_per_core = 5`` sets per validation core (the
+other profiles keep their own value); ``HER2OPS_VAL_SETS_PER_CORE`` overrides it
+(:func:`validation_sets_per_core`), and :func:`fit` logs the number it used.
+
 Checkpoints: ``out_dir/last.pt`` after every epoch and every ``checkpoint_every_steps`` steps
 (model, optimizer, scheduler, epoch, step within the epoch, running sums, early-stopping state,
 torch RNG states), ``out_dir/best.pt`` (weights only) whenever the validation loss improves. Every
@@ -19,10 +32,11 @@ Multi-GPU: launched by ``torchrun`` (``RANK``/``WORLD_SIZE`` set), ``fit`` joins
 only rank 0 writes checkpoints and calls ``on_epoch_end``. ``batch_size`` is per process.
 
 History: one dict per epoch with ``train_loss`` (mean class-weighted CE over the epoch's sets),
-``val_loss`` (class-weighted CE over the validation sets, what the plateau scheduler and early
-stopping watch), ``val_acc`` (per set, not the N/k protocol), ``lr`` (the rate the epoch ran
-at), ``skipped`` (unreadable cores, train + validation) and ``seconds``. The final short batch of
-an epoch is dropped, and a batch left with fewer than two readable sets is passed over.
+``val_loss`` (class-weighted CE over the validation sets, summed and divided by their number;
+what the plateau scheduler and early stopping watch), ``val_acc`` (per set, not the N/k
+protocol), ``lr`` (the rate the epoch ran at), ``skipped`` (unreadable cores, train +
+validation) and ``seconds``. The final short batch of an epoch is dropped, and a batch left with
+fewer than two readable sets is passed over.
 """
 
 from __future__ import annotations
@@ -61,6 +75,41 @@ from her2ops.profiles import Profile
 from her2ops.progress import Progress, no_progress
 
 log = logging.getLogger(__name__)
+
+
+class PaperWeightedCE(nn.Module):
+    """The paper's class-weighted cross-entropy: ``sum_i w[y_i] * CE_i / m`` over a batch of
+    ``m`` sets (PyTorch's weighted mean would divide by ``sum_i w[y_i]``)."""
+
+    weight: torch.Tensor
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight.float())
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        total = nn.functional.cross_entropy(logits, target, weight=self.weight, reduction="sum")
+        return total / target.shape[0]
+
+
+#: the paper profile's minimum number of validation sets per core (see the module docstring)
+PAPER_VAL_SETS_PER_CORE = 5
+
+
+def validation_sets_per_core(profile: Profile, override: int | None = None) -> int:
+    """PSSs per validation core: ``override`` (``HER2OPS_VAL_SETS_PER_CORE``) if given, else
+    the profile's ``val_sets_per_core`` (5 for ``paper``)."""
+    n = profile.recipe.val_sets_per_core if override is None else int(override)
+    if n < 1:
+        raise ValueError(f"validation sets per core must be at least 1, not {n}")
+    if profile.name == "paper" and n < PAPER_VAL_SETS_PER_CORE:
+        log.warning(
+            "paper profile: %d validation set(s) per core; the validation loss that picks the "
+            "checkpoint is then dominated by sampling noise (%d recommended)",
+            n,
+            PAPER_VAL_SETS_PER_CORE,
+        )
+    return n
 
 
 @dataclass
@@ -201,12 +250,12 @@ def evaluate_loss(
     ctx: DistContext | None = None,
     progress: Progress | None = None,
 ) -> dict[str, float]:
-    """Class-weighted cross-entropy and accuracy per set: ``val_loss``, ``val_acc``, ``n``,
-    ``skipped`` (sums over ranks)."""
+    """Class-weighted cross-entropy (sum / sets, as :class:`PaperWeightedCE`) and accuracy per
+    set: ``val_loss``, ``val_acc``, ``n``, ``skipped`` (sums over ranks)."""
     ctx = ctx or DistContext()
     model.eval()
     weight = criterion_weight.to(device) if criterion_weight is not None else None
-    loss_sum = wsum = correct = n = skipped = 0.0
+    loss_sum = correct = n = skipped = 0.0
     report = progress if (progress is not None and ctx.is_main) else no_progress
     report(0, len(loader), "validation")
     for i, batch in enumerate(loader, 1):
@@ -219,13 +268,13 @@ def evaluate_loss(
         with autocast(device):
             logits = model(x)
         logits = logits.float()
+        # the paper's normalisation: weighted sum over sets / number of sets (PaperWeightedCE)
         loss_sum += float(nn.functional.cross_entropy(logits, y, weight=weight, reduction="sum"))
-        wsum += float(weight[y].sum()) if weight is not None else float(y.shape[0])
         correct += float((logits.argmax(1) == y).sum())
         n += float(y.shape[0])
-    loss_sum, wsum, correct, n, skipped = ctx.all_reduce([loss_sum, wsum, correct, n, skipped])
+    loss_sum, correct, n, skipped = ctx.all_reduce([loss_sum, correct, n, skipped])
     return {
-        "val_loss": loss_sum / wsum if wsum else math.nan,
+        "val_loss": loss_sum / n if n else math.nan,
         "val_acc": correct / n if n else math.nan,
         "n": n,
         "skipped": skipped,
@@ -275,7 +324,12 @@ def _fit(
         optimizer, mode="min", factor=recipe.plateau_factor, patience=recipe.plateau_patience
     )
     weight = class_weights([it.label for it in train_ds.items]).to(device)
-    criterion = nn.CrossEntropyLoss(weight=weight)
+    criterion = PaperWeightedCE(weight)
+    log.info(
+        "validation loss over %d set(s) per core on %d core(s)",
+        val_ds.sets_per_core,
+        len(val_ds.items),
+    )
     prog = TrainProgress()
     if cfg.resume and cfg.last_checkpoint.exists():
         prog = load_progress(

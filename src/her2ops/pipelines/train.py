@@ -168,7 +168,7 @@ def _train(
     actor: str | None,
 ) -> TrainOutcome:
     from her2ops.models.data import PSSDataset
-    from her2ops.models.training import FitConfig, fit
+    from her2ops.models.training import FitConfig, fit, validation_sets_per_core
 
     settings = rt.settings
     tracking = rt.tracking if ctx.is_main else None
@@ -194,9 +194,8 @@ def _train(
         seed=seed,
         sets_per_core=profile.recipe.train_sets_per_core,
     )
-    val_ds = PSSDataset(
-        val_items, sampler, train=False, seed=seed, sets_per_core=profile.recipe.val_sets_per_core
-    )
+    val_sets = validation_sets_per_core(profile, settings.val_sets_per_core)  # issue 13
+    val_ds = PSSDataset(val_items, sampler, train=False, seed=seed, sets_per_core=val_sets)
     cfg = FitConfig(
         profile=profile,
         out_dir=out_dir,
@@ -228,6 +227,7 @@ def _train(
             "plateau_patience": profile.recipe.plateau_patience,
             "early_stopping_patience": cfg.early_stopping_patience,
             "train_sets_per_core": profile.recipe.train_sets_per_core,
+            "val_sets_per_core": val_sets,
         }
         tracking.log_params(run_id, params)
 
