@@ -119,3 +119,25 @@ def test_label_snapshot_hash_tracks_labels(db_url: str) -> None:
         _, h2 = label_snapshot(s, "x")
     assert len(items) == 40 and h1 == h2
     assert {i.partition for i in items} == {"train", "val", "test"}
+
+
+def test_balanced_test_split_and_class_counts(db_url: str) -> None:
+    seed_users()
+    insert_labelled_cores(120, seed=3)
+    with session_scope() as s:
+        create_split(s, actor="lm", name="bal", seed=5, ratios=RATIOS, balanced_test=True)
+        create_split(s, actor="lm", name="plain", seed=5, ratios=RATIOS)
+    with session_scope() as s:
+        bal, plain = show_split(s, "bal"), show_split(s, "plain")
+        rows = export_rows(s, split="bal")
+    # class counts per partition, checked against the exported labels
+    for part, counts in bal["class_counts"].items():
+        exported = [r["score"] for r in rows if r["partition"] == part]
+        assert counts == {c: exported.count(c) for c in ("0", "1+", "2+", "3+")}
+    test = bal["class_counts"]["test"]
+    assert max(test.values()) - min(test.values()) <= 2  # balanced
+    assert sum(bal["class_counts"]["test"].values()) >= 0.8 * 0.2 * 240
+    plain_test = plain["class_counts"]["test"]
+    assert max(plain_test.values()) - min(plain_test.values()) > 2  # the proportional rule is not
+    for partitions in _partitions_by_patient("bal").values():
+        assert len(partitions) == 1  # still by patient

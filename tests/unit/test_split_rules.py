@@ -296,3 +296,51 @@ def test_partition_balance_hand_built() -> None:
     assert list(bal["partitions"]) == ["train", "test"]
     with pytest.raises(ValueError, match="no stratum"):
         partition_balance({"zz": "train"}, strata)
+
+
+@pytest.mark.parametrize(("n", "seed"), [(60, 3), (300, 1), (1272, 2)])
+def test_balanced_test_partition(n: int, seed: int) -> None:
+    from her2ops.platform.split_rules import assign_balanced_test
+
+    strata, cores = cohort(n, seed, unlabelled=0.05)
+    a = assign_balanced_test(strata, cores, RATIOS, seed)
+    assert set(a) == set(strata)  # every patient in exactly one partition
+    per = {p: Counter() for p in PARTITIONS}  # type: ignore[var-annotated]
+    for code, part in a.items():
+        per[part].update(cores[code])
+    total = Counter(s for scores in cores.values() for s in scores)
+    quota = 0.2 * sum(total.values()) / 4
+    for k in range(4):
+        target = math.floor(min(quota, total[k] / 2))
+        # first fit in seeded order: each class ends at its target or at most 2 cores short
+        assert target - 2 <= per["test"][k] <= target, (k, per["test"], target)
+    # unlabelled patients never go to test; train and val keep their 7:1 ratio
+    assert all(a[c] != "test" for c, s in strata.items() if s is None)
+    rest = [c for c in a if a[c] != "test"]
+    n_val = sum(1 for c in rest if a[c] == "val")
+    assert abs(n_val - len(rest) / 8) <= 4
+    # deterministic, seed-sensitive
+    assert assign_balanced_test(strata, cores, RATIOS, seed) == a
+    assert assign_balanced_test(strata, cores, RATIOS, seed + 1) != a
+
+
+def test_balanced_test_hand_built() -> None:
+    """16 one-core patients of class 0 and 4 of each other class, test ratio 0.5: the quota is
+    0.5 * 28 / 4 = 3.5 cores per class, capped at half of each class: 0 -> 3, others -> 2."""
+    from her2ops.platform.split_rules import assign_balanced_test
+
+    cores = {f"a{i}": [0] for i in range(16)}
+    cores |= {f"{c}{i}": [k] for k, c in ((1, "b"), (2, "c"), (3, "d")) for i in range(4)}
+    strata: dict[str, int | None] = {c: s[0] for c, s in cores.items()}
+    a = assign_balanced_test(strata, cores, {"train": 0.5, "test": 0.5}, 0)
+    test = Counter(cores[c][0] for c in a if a[c] == "test")
+    assert test == Counter({0: 3, 1: 2, 2: 2, 3: 2})
+    assert Counter(a.values()) == Counter({"train": 19, "test": 9})
+    # a two-core patient (0 and 3+) joins test only where both classes have room: no overflow
+    cores["mixed"], strata["mixed"] = [0, 3], 3
+    b = assign_balanced_test(strata, cores, {"train": 0.5, "test": 0.5}, 0)
+    assert Counter(cores[c][k] for c in b if b[c] == "test" for k in range(len(cores[c]))) == (
+        Counter({0: 3, 1: 2, 2: 2, 3: 2})
+    )
+    with pytest.raises(ValueError, match="'test' ratio"):
+        assign_balanced_test(strata, cores, {"train": 1.0}, 0)

@@ -244,11 +244,20 @@ def split_create(
     replace: Annotated[bool, typer.Option("--replace", help="Recreate an unfrozen split.")] = (
         False
     ),
+    balanced_test: Annotated[
+        bool, typer.Option("--balanced-test", help="Class-balanced test cores, as the paper's.")
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Assign every patient to train/val/test, stratified by their highest consensus score."""
     info = call(
-        splits.create_split, actor=actor(), name=name, seed=seed, ratios=ratios, replace=replace
+        splits.create_split,
+        actor=actor(),
+        name=name,
+        seed=seed,
+        ratios=ratios,
+        replace=replace,
+        balanced_test=balanced_test,
     )
     _print_split(info, json_out)
 
@@ -295,6 +304,9 @@ def _print_split(info: dict[str, Any], json_out: bool) -> None:
             typer.echo(
                 f"    {part:<6} n={p['n']:<6} {props}  (max dev {p['max_deviation_pp']:.1f} pp)"
             )
+    typer.echo("  labelled cores per class:")  # issue 13: class counts per partition
+    for part, counts in info.get("class_counts", {}).items():
+        typer.echo(f"    {part:<6} " + "  ".join(f"{c}: {n:<5}" for c, n in counts.items()))
 
 
 @app.command("stats")

@@ -10,13 +10,26 @@ from her2ops.platform.split_rules import parse_ratios
 
 
 def create_split(
-    *, actor: str | None, name: str, seed: int, ratios: str = "0.7,0.1,0.2", replace: bool = False
+    *,
+    actor: str | None,
+    name: str,
+    seed: int,
+    ratios: str = "0.7,0.1,0.2",
+    replace: bool = False,
+    balanced_test: bool = False,
 ) -> dict[str, Any]:
-    """Assign every patient to train/val/test (stratified, seeded); the split's summary."""
+    """Assign every patient to train/val/test (stratified, seeded; ``balanced_test``: a
+    class-balanced test partition, as the paper's); the split's summary."""
     parsed = parse_ratios(ratios)
     with get_runtime().session() as s:
         split_service.create_split(
-            s, actor=actor, name=name, seed=seed, ratios=parsed, replace=replace
+            s,
+            actor=actor,
+            name=name,
+            seed=seed,
+            ratios=parsed,
+            replace=replace,
+            balanced_test=balanced_test,
         )
         return split_service.show_split(s, name)
 

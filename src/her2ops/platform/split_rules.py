@@ -293,6 +293,68 @@ def extend_assignment(
     return _allocate(by_stratum, counts, exact, seed, core_scores, existing)
 
 
+#: a balanced test partition takes at most this share of any class's labelled cores
+BALANCED_TEST_MAX_CLASS_SHARE = Fraction(1, 2)
+
+
+def assign_balanced_test(
+    patients: Mapping[str, Stratum],
+    core_scores: Mapping[str, Sequence[int]],
+    ratios: Mapping[str, float],
+    seed: int,
+) -> dict[str, str]:
+    """Like :func:`assign_patients`, but the test partition is class-balanced by core, as the
+    paper's blind test set (131/131/126/135) while its training set is not.
+
+    Still by patient (a patient's cores are never split). The test partition aims at
+    ``ratios["test"]`` of the labelled cores, a quarter in each class; a class with few cores
+    gives at most half of them (``BALANCED_TEST_MAX_CLASS_SHARE``), so every class keeps cores
+    to train on. Patients are visited in the seeded hash order and go to test unless one of
+    their cores' classes would overflow (so patients with few cores fill the last places).
+    The other patients, unlabelled ones included, are split between the remaining partitions
+    in their ratios by :func:`assign_patients` (stratified as usual). Deterministic for a seed.
+    """
+    exact = _exact_ratios(ratios)
+    if "test" not in exact or exact["test"] == 0:
+        raise ValueError("a balanced test partition needs a 'test' ratio above 0")
+    for code, stratum in patients.items():
+        _check_stratum(code, stratum)
+    profiles = {c: Counter(int(x) for x in core_scores.get(c, ())) for c in patients}
+    per_class: Counter[int] = Counter()
+    for prof in profiles.values():
+        per_class.update(prof)
+    total = sum(per_class.values())
+    quota = exact["test"] * total / len(SCORE_LABELS)
+    target = {
+        k: math.floor(min(quota, per_class[k] * BALANCED_TEST_MAX_CLASS_SHARE))
+        for k in range(len(SCORE_LABELS))
+    }
+    got: Counter[int] = Counter()
+    test: list[str] = []
+    labelled = [c for c in patients if profiles[c]]
+    for code in sorted(labelled, key=lambda c: (_hash_order(seed, c), c)):
+        prof = profiles[code]
+        if all(got[k] + m <= target[k] for k, m in prof.items()):
+            got.update(prof)
+            test.append(code)
+    out = dict.fromkeys(test, "test")
+    rest = {p: r for p, r in ratios.items() if p != "test"}
+    remaining = {c: s for c, s in patients.items() if c not in out}
+    if remaining:
+        if sum(rest.values()) <= 0:
+            raise ValueError("a balanced test partition needs another partition with a ratio > 0")
+        scale = math.fsum(rest.values())
+        out.update(
+            assign_patients(
+                remaining,
+                {p: r / scale for p, r in rest.items()},
+                seed,
+                core_scores={c: core_scores.get(c, ()) for c in remaining},
+            )
+        )
+    return out
+
+
 def stratum_label(stratum: Stratum) -> str:
     """``"0"``, ``"1+"``, ... for a score, ``"unlabelled"`` for ``None``."""
     return UNLABELLED if stratum is None else SCORE_LABELS[int(stratum)]

@@ -9,6 +9,7 @@ patients that are not in it yet; nobody ever moves.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import delete, insert, select
@@ -16,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from her2ops.platform import audit
 from her2ops.platform.access import require
-from her2ops.platform.errors import Conflict, NotFound
+from her2ops.platform.errors import Conflict, InvalidRequest, NotFound
 from her2ops.platform.schema import (
     LABELLED_STATUSES,
     ConsensusLabel,
@@ -27,11 +28,14 @@ from her2ops.platform.schema import (
     utcnow,
 )
 from her2ops.platform.split_rules import (
+    PARTITIONS,
+    assign_balanced_test,
     assign_patients,
     extend_assignment,
     partition_balance,
     validate_ratios,
 )
+from her2ops.scores import SCORE_LABELS
 
 
 def labelled_core_scores(session: Session) -> dict[int, list[tuple[int, int]]]:
@@ -79,9 +83,12 @@ def create_split(
     seed: int,
     ratios: dict[str, float],
     replace: bool = False,
+    balanced_test: bool = False,
 ) -> Split:
     """Assign every patient to a partition. Refused for a frozen split; an unfrozen one is
-    replaced only with ``replace``."""
+    replaced only with ``replace``. ``balanced_test``: the test partition is class-balanced by
+    core, as the paper's (:func:`~her2ops.platform.split_rules.assign_balanced_test`); ``extend``
+    later assigns new patients by the usual proportional rule."""
     user = require(session, actor, "splits.write")
     validate_ratios(ratios)
     existing = session.scalar(select(Split).where(Split.name == name))
@@ -97,7 +104,13 @@ def create_split(
         session.delete(existing)
         session.flush()
     strata, core_scores, ids = _strata(session)
-    assignment = assign_patients(strata, ratios, seed, core_scores=core_scores)
+    if balanced_test:
+        try:
+            assignment = assign_balanced_test(strata, core_scores, ratios, seed)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
+    else:
+        assignment = assign_patients(strata, ratios, seed, core_scores=core_scores)
     split = Split(name=name, seed=seed, ratios=dict(ratios), created_by_id=user.id)
     session.add(split)
     session.flush()
@@ -118,6 +131,7 @@ def create_split(
             "ratios": ratios,
             "patients": len(rows),
             "replaced": existing is not None,
+            "balanced_test": balanced_test,
         },
     )
     return split
@@ -221,4 +235,22 @@ def show_split(session: Session, name: str) -> dict[str, Any]:
         "unassigned_patients": len(unassigned),
         "by_patient": partition_balance(by_patient, {c: strata[c] for c in by_patient}),
         "by_core": partition_balance(core_assign, core_strata) if core_assign else None,
+        "class_counts": class_counts(core_assign, core_strata, split.ratios),
     }
+
+
+def class_counts(
+    core_partitions: dict[str, str],
+    core_scores: dict[str, int | None],
+    partitions: Iterable[str] = PARTITIONS,
+) -> dict[str, dict[str, int]]:
+    """Labelled cores per class (all four) in each of ``partitions`` and any other partition a
+    core is in, e.g. the paper's test partition is ``{"0": 131, "1+": 131, "2+": 126, "3+":
+    135}``."""
+    names = set(partitions) | set(core_partitions.values())
+    order = [p for p in PARTITIONS if p in names] + sorted(names - set(PARTITIONS))
+    out: dict[str, dict[str, int]] = {}
+    for part in order:
+        scores = [core_scores[c] for c, p in core_partitions.items() if p == part]
+        out[part] = {label: scores.count(k) for k, label in enumerate(SCORE_LABELS)}
+    return out
