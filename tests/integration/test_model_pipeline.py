@@ -85,6 +85,22 @@ def test_train_register_score_evaluate(db_url: str, synthetic: Path) -> None:
     assert 0.0 <= res["metrics"]["accuracy"] <= 1.0
     assert set(res["metrics"]["roc"]) == {"0 vs 1+/2+/3+", "0/1+ vs 2+/3+", "0/1+/2+ vs 3+"}
     assert res["study"]["outputs_per_core"] == 12
+    # issue 13: the headline is the study's median at the evaluated (N, k) = (6, 2)
+    head = res["headline"]
+    assert (head["n"], head["k"]) == (6, 2) and head["sampling"] == "without replacement"
+    assert head["accuracy"]["min"] <= head["accuracy"]["median"] <= head["accuracy"]["max"]
+    assert head["single_draw"]["accuracy"] == res["metrics"]["accuracy"]
+    assert 0.0 <= head["single_draw"]["percentile"] <= 100.0
+    assert set(head["at_median_draw"]) == {"sensitivity", "specificity", "adjacent"}
+    assert [r["confidence"] for r in res["study"]["confidence_table"]] == [
+        "margin",
+        "max",
+        "range",
+        "std",
+        "entropy",
+    ]
+    assert "test_study_median_accuracy" in client.get_run(out.run_id).data.metrics
+    assert run.data.params["val_sets_per_core"] == "1"  # the test profile's own value
     assert "test_accuracy" in client.get_run(out.run_id).data.metrics
     with session_scope() as s:
         assert s.scalar(select(func.count()).select_from(Prediction)) == 2 * rep.scored

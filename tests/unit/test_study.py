@@ -332,3 +332,52 @@ def test_cli_study(tmp_path: Path) -> None:
     np.savez(bad, probs=probs)
     r = runner.invoke(app, ["study", str(bad)])
     assert r.exit_code == 1 and "'labels'" in r.output
+
+
+def test_evaluation_study_summary_and_report_lines() -> None:
+    from her2ops.models.study import evaluation_study, headline_metrics, study_report_lines
+
+    probs, labels = _outputs(cores=6, m=12, seed=51)
+    res, summary = evaluation_study(
+        probs,
+        labels,
+        n=6,
+        k=2,
+        n_values=[1, 6, 12],
+        k_values=[1, 2],
+        n_at=12,
+        k_at=2,
+        draws=300,
+        confidence="margin",
+        single_accuracy=0.5,
+        single_seed=0,
+    )
+    assert summary["headline"]["accuracy"]["median"] == res.point(6, 2).draws["median"]["accuracy"]  # type: ignore[union-attr]
+    json.dumps(summary)
+    text = "\n".join(study_report_lines(summary))
+    assert "WITHOUT replacement" in text and "median" in text and "percentile" in text
+    for name in ("margin", "max", "range", "std", "entropy"):
+        assert f"    {name} " in text
+    assert "adjacent pairwise accuracy 0/1+" in text and "specificity 3+" in text
+    metrics = headline_metrics(summary["headline"], "test_")
+    assert set(metrics) == {
+        "test_study_median_accuracy",
+        "test_study_mean_accuracy",
+        "test_study_min_accuracy",
+        "test_study_max_accuracy",
+        "test_study_single_draw_percentile",
+    }
+
+
+def test_cli_study_with_replacement_states_the_assumption(tmp_path: Path) -> None:
+    probs, labels = _outputs(cores=4, m=5, seed=61)
+    npz = tmp_path / "out.npz"
+    np.savez(npz, probs=probs, labels=labels)
+    runner = CliRunner()
+    args = ["study", str(npz), "--n", "1..8", "--k", "1..3", "--n-at", "8", "--draws", "50"]
+    r = runner.invoke(app, [*args, "--with-replacement"])
+    assert r.exit_code == 0, r.output
+    assert "WITH replacement" in r.stdout and "skipped" not in r.stdout
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "WITHOUT replacement" in r.stdout and "skipped" in r.stdout  # N = 6..8 > M = 5

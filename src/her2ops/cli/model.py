@@ -26,15 +26,19 @@ def study_cmd(
     k_at: Annotated[int, typer.Option("--k-at", help="k of the accuracy-vs-N curve.")] = 5,
     n_at: Annotated[int, typer.Option("--n-at", help="N of the accuracy-vs-k curve.")] = 200,
     confidence: Annotated[
-        str, typer.Option(help="Confidence of a set output: margin, max or entropy.")
+        str, typer.Option(help="Confidence of a set output: margin, max, range, std or entropy.")
     ] = "margin",
     seed: Annotated[int, typer.Option(help="Seed of the simulated draws.")] = 0,
+    with_replacement: Annotated[
+        bool,
+        typer.Option("--with-replacement", help="Draw the N outputs with replacement (any N)."),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
     png: Annotated[Path | None, typer.Option("--png", help="Write the figure to this PNG.")] = None,
 ) -> None:
     """Accuracy vs N (at k) and vs k (at N) under random set subsets, as in the paper's
-    Figs. 4 and 5: min/median/max over draws and confusion matrices (points with k > N or
-    N > M are skipped)."""
+    Figs. 4 and 5: min/median/max over draws and confusion matrices (KCS = min(k, N) sets;
+    without replacement, points with N > M are skipped)."""
     result = call(
         run_study_file,
         outputs=outputs,
@@ -46,6 +50,7 @@ def study_cmd(
         confidence=confidence,
         seed=seed,
         png=png,
+        replace=with_replacement,
     )
     if as_json:
         emit_json(result.to_dict())
@@ -65,6 +70,7 @@ def _print_study(result: object, png: Path | None) -> None:
         f"{result.cores} cores x {result.outputs_per_core} outputs, {result.draws} draws per "
         f"point, confidence {result.confidence} ({result.seconds:.2f} s)"
     )
+    console.print(result.assumption, highlight=False, soft_wrap=True)
     for title, points, col in (
         (f"accuracy vs N (k = {result.k_at})", result.vs_n, "n"),
         (f"accuracy vs k (N = {result.n_at})", result.vs_k, "k"),
@@ -94,6 +100,6 @@ def _print_study(result: object, png: Path | None) -> None:
                 line += "  " + "".join(f"{v:4d}" for v in point.draws[name]["matrix"][i])
             console.print(line, highlight=False)
     if result.skipped:
-        console.print(f"skipped {len(result.skipped)} points (k > N or N > M)")
+        console.print(f"skipped {len(result.skipped)} points (N > M)")
     if png is not None:
         console.print(f"figure: {png}")

@@ -19,7 +19,7 @@ DeviceOpt = Annotated[str | None, typer.Option(help="torch device (default: cuda
 # The paper's inference protocol, shared by score and evaluate (None: the profile's N and k).
 SetsOpt = Annotated[int | None, typer.Option("--sets", help="N sets per core.")]
 TopKOpt = Annotated[int | None, typer.Option("--top-k", help="k most confident sets.")]
-ConfidenceOpt = Annotated[str, typer.Option(help="margin, max or entropy.")]
+ConfidenceOpt = Annotated[str, typer.Option(help="margin (default), max, range, std or entropy.")]
 
 
 @app.command("train")
@@ -147,6 +147,10 @@ def print_evaluation(res: dict[str, Any]) -> None:
                 f"median {p['median']:.4f}  max {p['max']:.4f}"
             )
         typer.echo(f"  study plot: {res['plots']}/study.png")
+        from her2ops.models.study import study_report_lines  # issue 13: headline, confidences
+
+        for line in study_report_lines(st):
+            typer.echo(line)
 
 
 @app.command("evaluate")
@@ -161,6 +165,9 @@ def evaluate(
     ),
     study_sets: Annotated[int, typer.Option(help="Set outputs cached per core (M).")] = 300,
     draws: Annotated[int, typer.Option(help="Monte Carlo draws per point.")] = 10_000,
+    with_replacement: Annotated[
+        bool, typer.Option("--with-replacement", help="Study draws sets with replacement.")
+    ] = False,
     confidence: ConfidenceOpt = "margin",
     device: DeviceOpt = None,
     json_out: JsonOpt = False,
@@ -179,6 +186,7 @@ def evaluate(
             study=study,
             study_sets=study_sets,
             study_draws=draws,
+            study_replace=with_replacement,
             confidence=confidence,
             progress=bar,
         )

@@ -64,7 +64,12 @@ from typing import Any
 import numpy as np
 from scipy.special import bdtr, gammaln
 
-from her2ops.models.evaluation import matrix_metrics, matrix_summary, summary_from_arrays
+from her2ops.models.evaluation import (
+    ADJACENT_READINGS,
+    matrix_metrics,
+    matrix_summary,
+    summary_from_arrays,
+)
 from her2ops.models.inference import CONFIDENCES, confidence_order
 from her2ops.scores import NUM_CLASSES
 
@@ -545,4 +550,109 @@ def study_headline(
             "seed": single_seed,
             "percentile": point.percentile(float(single_accuracy), result.cores),
         }
+    return out
+
+
+def evaluation_study(
+    probs: np.ndarray,
+    labels: np.ndarray,
+    *,
+    n: int,
+    k: int,
+    n_values: Sequence[int],
+    k_values: Sequence[int],
+    n_at: int,
+    k_at: int,
+    draws: int,
+    confidence: str,
+    replace: bool = False,
+    single_accuracy: float | None = None,
+    single_seed: int | None = None,
+) -> tuple[StudyResult, dict[str, Any]]:
+    """The study ``evaluate --study`` runs: the N/k curves with confusion points at (n, k) and
+    (n_at, k_at), the paper's headline at (n, k) (:func:`study_headline`) and the accuracy at
+    (n, k) under every confidence measure (:func:`compare_confidences`). Returns the result and
+    its JSON-able summary (``to_dict()`` plus ``headline`` and ``confidence_table``)."""
+    res = run_study(
+        probs,
+        labels,
+        n_values=n_values,
+        k_values=k_values,
+        draws=draws,
+        k_at=k_at,
+        n_at=n_at,
+        confidence=confidence,
+        cm_points=[(n, k), (n_at, k_at)],
+        replace=replace,
+    )
+    summary = res.to_dict()
+    summary["headline"] = study_headline(
+        res, single_accuracy=single_accuracy, single_seed=single_seed, n=n, k=k
+    )
+    summary["confidence_table"] = compare_confidences(
+        probs, labels, n=n, k=k, draws=draws, replace=replace
+    )
+    return res, summary
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2%}"
+
+
+def study_report_lines(summary: dict[str, Any]) -> list[str]:
+    """Plain-text lines for the headline and the confidence table of :func:`evaluation_study`'s
+    summary (what ``evaluate --study`` prints)."""
+    lines = [f"  {summary['assumption']}"]
+    head = summary.get("headline")
+    if head is None:
+        lines.append("  headline: the study has no point at the evaluated (N, k)")
+    else:
+        acc = head["accuracy"]
+        lines.append(
+            f"  headline (paper's protocol): accuracy at N={head['n']}, k={head['k']} over "
+            f"{head['draws']} draws: median {_pct(acc['median'])}, mean {_pct(acc['mean'])} "
+            f"(min {_pct(acc['min'])}, max {_pct(acc['max'])})"
+        )
+        single = head.get("single_draw")
+        if single is not None:
+            lines.append(
+                f"  the single scored draw (seed {single['seed']}): {_pct(single['accuracy'])}, "
+                f"percentile {single['percentile']:.1f} of the study's draws"
+            )
+        med, mean = head["at_median_draw"], head["mean_over_draws"]
+        lines.append(f"  {'':34}{'median draw':>12}{'mean of draws':>15}")
+        for what in ("sensitivity", "specificity"):
+            for cls in med[what]:
+                lines.append(
+                    f"  {what + ' ' + cls:<34}{_pct(med[what][cls]):>12}{_pct(mean[what][cls]):>15}"
+                )
+        for reading, label in ADJACENT_READINGS.items():
+            for pair in med["adjacent"]:
+                lines.append(
+                    f"  {label + ' ' + pair:<34}{_pct(med['adjacent'][pair][reading]):>12}"
+                    f"{_pct(mean['adjacent'][pair][reading]):>15}"
+                )
+    table = summary.get("confidence_table") or []
+    if table:
+        lines.append(
+            f"  accuracy at N={table[0]['n']}, k={table[0]['k']} by confidence measure "
+            f"(median of draws; '{summary['confidence']}' is in use):"
+        )
+        for row in table:
+            lines.append(
+                f"    {row['confidence']:<8} median {_pct(row['median'])}  mean "
+                f"{_pct(row['mean'])}  (min {_pct(row['min'])}, max {_pct(row['max'])})"
+            )
+    return lines
+
+
+def headline_metrics(headline: dict[str, Any] | None, prefix: str = "") -> dict[str, float]:
+    """Scalar metrics of a :func:`study_headline` for a tracking server (names made of
+    letters, digits and underscores)."""
+    if headline is None:
+        return {}
+    out = {f"{prefix}study_{k}_accuracy": float(v) for k, v in headline["accuracy"].items()}
+    single = headline.get("single_draw")
+    if single is not None:
+        out[f"{prefix}study_single_draw_percentile"] = float(single["percentile"])
     return out

@@ -45,6 +45,7 @@ def evaluate_model(
     study_draws: int = 10_000,
     study_n: list[int] | None = None,
     study_k: list[int] | None = None,
+    study_replace: bool = False,
     progress: Progress = no_progress,
 ) -> dict[str, Any]:
     """Metrics of ``model_ref`` on ``split``/``partition``; see the module docstring."""
@@ -158,9 +159,20 @@ def evaluate_model(
             out_dir=out_dir,
             device=device,
             progress=progress,
+            # issue 13: headline at the evaluated (N, k), the scored draw placed in it
+            n=n,
+            k=k,
+            replace=study_replace,
+            single_accuracy=metrics["accuracy"],
+            single_seed=seed,
         )
         for name in ("study.png", "study.json"):
             rt.tracking.log_artifact(mv.run_id, out_dir / name, "evaluation")
+        # issue 13: the paper's headline is the study's median at (N, k), not the single draw
+        from her2ops.models.study import headline_metrics
+
+        result["headline"] = result["study"]["headline"]
+        rt.tracking.log_metrics(mv.run_id, headline_metrics(result["headline"], prefix))
     return result
 
 
@@ -178,10 +190,16 @@ def run_study_for(
     out_dir: Path,
     device: str | None,
     progress: Progress,
+    n: int = 20,
+    k: int = 5,
+    replace: bool = False,
+    single_accuracy: float | None = None,
+    single_seed: int | None = None,
 ) -> dict[str, Any]:
-    """Cache ``study_sets`` set outputs per core (OUTPUTS.npz) and run the N/k study on it."""
+    """Cache ``study_sets`` set outputs per core (OUTPUTS.npz) and run the N/k study on it,
+    with the paper's headline at (n, k) and the confidence-measure table."""
     from her2ops.models.inference import predict_sets
-    from her2ops.models.study import run_study
+    from her2ops.models.study import evaluation_study
     from her2ops.pipelines.score import load_model
 
     profile = get_profile(mv.profile)
@@ -213,18 +231,22 @@ def run_study_for(
     n_vals = n_values or [n for n in [*range(1, 21), 30, 50, 100, 150, 200] if n <= m]
     k_vals = k_values or [k for k in [*range(1, 21), 30, 50, 100] if k <= m]
     n_at = min(200, max(n_vals))
-    res = run_study(
+    res, summary = evaluation_study(
         probs,
         labels,
+        n=n,
+        k=k,
         n_values=n_vals,
         k_values=k_vals,
-        draws=draws,
-        k_at=min(5, n_at),
         n_at=n_at,
+        k_at=min(5, n_at),
+        draws=draws,
         confidence=confidence,
+        replace=replace,
+        single_accuracy=single_accuracy,
+        single_seed=single_seed,
     )
     res.plot(out_dir / "study.png")
-    summary = res.to_dict()
     (out_dir / "study.json").write_text(json.dumps(summary, indent=2, default=float))
     summary["outputs"] = str(cache)
     return summary

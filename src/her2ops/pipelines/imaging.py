@@ -175,8 +175,10 @@ def run_study_file(
     confidence: str = "margin",
     seed: int = 0,
     png: Path | None = None,
+    replace: bool = False,
 ) -> Any:
-    """The N/k Monte Carlo study on cached set outputs (NPZ with ``probs`` and ``labels``)."""
+    """The N/k Monte Carlo study on cached set outputs (NPZ with ``probs`` and ``labels``);
+    ``replace``: draw the N outputs with replacement."""
     import numpy as np
 
     from her2ops.models.inference import CONFIDENCES
@@ -210,6 +212,7 @@ def run_study_file(
         k_at=k_at,
         n_at=n_at,
         confidence=confidence,
+        replace=replace,
     )
     if png is not None:
         result.plot(png)
