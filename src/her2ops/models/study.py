@@ -160,17 +160,22 @@ class ExactKCS:
         )
         return np.exp(log_q)
 
-    def _kth_given_good_replace(self, n: int, k: int) -> np.ndarray:
-        """P(the k-th smallest of N i.i.d. positions is p, none bad before it), (cores, 3, M)."""
+    def _le_replace(self, n: int, k: int) -> np.ndarray:
+        """P(final <= c) with N i.i.d. draws, (cores, 3): the sum over good positions p of
+        P(the k-th smallest drawn position is p, no draw on a bad position before it)."""
         m = self.m
-        g = self.before.astype(np.float64)
-        pos = np.arange(m, dtype=np.float64)[None, None, :]
+        # the term depends on (G_p, p) only: tabulate it on the grid G <= p < M, then gather
+        g = np.arange(m, dtype=np.float64)[:, None]
+        pos = np.arange(m, dtype=np.float64)[None, :]
         room = g + m - pos  # good positions before p, p itself and everything after p
+        valid = g <= pos
+        room = np.where(valid, room, 1.0)
         with np.errstate(divide="ignore", invalid="ignore"):
-            lo = bdtr(k - 1, n, g / room)
-            hi = bdtr(k - 1, n, np.minimum((g + 1) / room, 1.0))
-            term = np.exp(n * np.log(room / m)) * (lo - hi)
-        return np.where(self.good, term, 0.0)
+            lo = bdtr(k - 1, n, np.clip(g / room, 0.0, 1.0))
+            hi = bdtr(k - 1, n, np.clip((g + 1) / room, 0.0, 1.0))
+            table = np.where(valid, np.exp(n * np.log(room / m)) * (lo - hi), 0.0)
+        terms = table.ravel()[self.before * m + np.arange(m)]
+        return np.where(self.good, terms, 0.0).sum(axis=2)
 
     def final_probs(self, n_values: Sequence[int], k: int, *, replace: bool = False) -> np.ndarray:
         """P(final = c) for each N in ``n_values`` at this k: (len(n_values), cores, 4).
@@ -188,7 +193,7 @@ class ExactKCS:
         for kk, idx in groups.items():
             if replace:
                 for i in idx:
-                    le[i] = self._kth_given_good_replace(n_values[i], kk).sum(axis=2)
+                    le[i] = self._le_replace(n_values[i], kk)
                 continue
             a = self._kth_given_good(kk).reshape(-1, self.m)
             q = self._kth_position([n_values[i] for i in idx], kk)
