@@ -201,3 +201,35 @@ def test_adjudicator_rule_can_be_switched_off(
         cast_vote(s, actor="p1", core="C00000", score="3+", round="adjudication")
         apply_consensus(s, actor="lm")
     assert _status("C00000") == ("adjudicated", 3)
+
+
+def test_cli_policy_reopen_and_balanced_split(db_url: str, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from her2ops.cli import app
+
+    runner = CliRunner()
+
+    def run(*args: str, ok: bool = True) -> str:
+        result = runner.invoke(app, list(args))
+        assert result.exit_code == (0 if ok else 1), result.output + str(result.exception)
+        assert "Traceback" not in result.output
+        return result.output
+
+    _setup(tmp_path, VOTES)
+    out = run("--as", "lm", "consensus", "--min-agreement", "3", ok=False)
+    assert "only an admin" in out and len(out.strip().splitlines()) == 1
+    out = run("--as", "p1", "consensus", ok=False)
+    assert "may not consensus.apply" in out and len(out.strip().splitlines()) == 1
+    assert "label(s) changed" in run("--as", "admin", "consensus", "--min-votes", "3")
+    run("--as", "lm", "consensus", "--all")
+    out = run("--as", "p3", "labels", "reopen", "C00001", ok=False)
+    assert "labels.reopen" in out and len(out.strip().splitlines()) == 1
+    assert "needs_adjudication" in run("--as", "lm", "labels", "reopen", "C00001")
+    out = run("--as", "p1", "votes", "cast", "C00001", "3+", "--round", "adjudication", ok=False)
+    assert "panel" in out and len(out.strip().splitlines()) == 1
+    run("--as", "p3", "votes", "cast", "C00001", "3+", "--round", "adjudication")
+    out = run("--as", "lm", "split", "create", "b", "--seed", "1", "--balanced-test")
+    assert "labelled cores per class" in out
+    info = run("--as", "lm", "split", "show", "b", "--json")
+    assert '"class_counts"' in info
