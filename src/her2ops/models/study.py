@@ -64,6 +64,7 @@ from typing import Any
 import numpy as np
 from scipy.special import bdtr, gammaln
 
+from her2ops.errors import InvalidRequest
 from her2ops.models.evaluation import (
     ADJACENT_READINGS,
     matrix_metrics,
@@ -107,14 +108,16 @@ def parse_int_list(text: str) -> list[int]:
         if m:
             lo, hi = int(m.group(1)), int(m.group(2))
             if lo > hi:
-                raise ValueError(f"empty range {token!r}")
+                raise InvalidRequest(f"empty range {token!r}")
             out.update(range(lo, hi + 1))
         elif token.isdigit():
             out.add(int(token))
         else:
-            raise ValueError(f"bad list item {token!r}: expected an integer or a range like 1..20")
+            raise InvalidRequest(
+                f"bad list item {token!r}: expected an integer or a range like 1..20"
+            )
     if not out or min(out) < 1:
-        raise ValueError(f"{text!r}: expected positive integers")
+        raise InvalidRequest(f"{text!r}: expected positive integers")
     return sorted(out)
 
 
@@ -124,7 +127,7 @@ class ExactKCS:
     def __init__(self, probs: np.ndarray, confidence: str = "margin") -> None:
         probs = np.asarray(probs, dtype=np.float64)
         if probs.ndim != 3 or probs.shape[2] != NUM_CLASSES or probs.shape[1] < 1:
-            raise ValueError(f"probs must be (cores, M, {NUM_CLASSES}), got {probs.shape}")
+            raise InvalidRequest(f"probs must be (cores, M, {NUM_CLASSES}), got {probs.shape}")
         self.cores, self.m = probs.shape[:2]
         order = confidence_order(probs, confidence)  # (cores, M), stable
         cls = np.take_along_axis(probs.argmax(axis=2), order, axis=1)
@@ -183,9 +186,9 @@ class ExactKCS:
         The KCS has ``min(k, N)`` sets. Without replacement N must be at most M."""
         n_values = [int(n) for n in n_values]
         if k < 1 or any(n < 1 for n in n_values):
-            raise ValueError(f"need k >= 1 and N >= 1; got k={k}, N={n_values}")
+            raise InvalidRequest(f"need k >= 1 and N >= 1; got k={k}, N={n_values}")
         if not replace and any(n > self.m for n in n_values):
-            raise ValueError(f"without replacement N must be <= M={self.m}; got N={n_values}")
+            raise InvalidRequest(f"without replacement N must be <= M={self.m}; got N={n_values}")
         le = np.zeros((len(n_values), self.cores, NUM_CLASSES - 1))
         groups: dict[int, list[int]] = {}
         for i, n in enumerate(n_values):
@@ -401,10 +404,10 @@ def run_study(
         or labels.min() < 0
         or labels.max() >= NUM_CLASSES
     ):
-        raise ValueError(f"labels must be {exact.cores} integers in 0..{NUM_CLASSES - 1}")
+        raise InvalidRequest(f"labels must be {exact.cores} integers in 0..{NUM_CLASSES - 1}")
     labels = labels.astype(np.int64)
     if draws < 1:
-        raise ValueError("draws must be at least 1")
+        raise InvalidRequest("draws must be at least 1")
     m, rng = exact.m, np.random.default_rng(seed)
     skipped: list[dict[str, Any]] = []
 
