@@ -51,6 +51,11 @@ def plot_study(result: StudyResult, path: Path) -> Path:
                 np.asarray(d["matrix"]),
                 f"{name} {d['accuracy']:.2%} (N={point.n}, k={point.k})",
             )
+    fig.suptitle(
+        f"{result.cores} cores x {result.outputs_per_core} outputs, {result.draws} draws, "
+        f"sampling {result.sampling}, confidence {result.confidence}",
+        fontsize=9,
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=100)
