@@ -28,7 +28,8 @@ from typing import Any
 
 
 def _setup(root: Path, *, cores: int, size: int, profile_name: str) -> None:
-    """Users, synthetic cores ingested (scoring needs no labels), a split, a registered random-weight model."""
+    """Users, synthetic cores ingested (scoring needs no labels), a split, and a registered
+    model with random weights."""
     from her2ops.config import get_settings
     from her2ops.models.network import build_network, save_weights
     from her2ops.pipelines import curation, splits
