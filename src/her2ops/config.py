@@ -1,12 +1,25 @@
-"""Settings read from the environment (prefix ``HER2OPS_``), through :func:`get_settings`."""
+"""Settings read from the environment (prefix ``HER2OPS_``), through :func:`get_settings`.
+
+Every value is validated when the settings are first read: a bad one ends the command with one
+line naming the variable (:class:`~her2ops.errors.ConfigError`), never a traceback or a silent
+fallback (an incomplete PostgreSQL URL would otherwise connect to libpq's default database).
+"""
 
 from __future__ import annotations
 
+import os
+import re
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from her2ops.errors import ConfigError
+
+_DEVICE = re.compile(r"^(cpu|mps|cuda(:\d{1,2})?)$")
+_MLFLOW_SCHEMES = ("http", "https", "file", "sqlite", "postgresql", "postgresql+psycopg", "mysql")
 
 
 class Settings(BaseSettings):
@@ -22,6 +35,8 @@ class Settings(BaseSettings):
     )
     max_image_pixels: int = Field(
         default=400_000_000,
+        ge=1,
+        le=10_000_000_000,
         description="Images with more pixels are refused before decoding (decompression bombs).",
     )
     store_dir: Path | None = Field(default=None, description="Image store; default DATA_DIR/store")
@@ -30,7 +45,7 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = Field(
         default=None, description="Default: SQLite store under the data dir."
     )
-    registered_model_name: str = "her2-pss"
+    registered_model_name: str = Field(default="her2-pss", min_length=1, max_length=128)
     device: str | None = Field(default=None, description="torch device; default cuda if present.")
     # --- label policy and paper fidelity (issue 13) ---
     min_agreement: int = Field(
@@ -55,16 +70,118 @@ class Settings(BaseSettings):
         description="PSSs per validation core for the validation loss (default: the profile's; "
         "5 for paper).",
     )
+    # --- appended by the hardening issue -------------------------------------------------------
+    require_credentials: bool | None = Field(
+        default=None,
+        description="Acting as a user needs their token or password. Default: required unless "
+        "the database is SQLite (the embedded single-user default).",
+    )
+    token_file: Path | None = Field(
+        default=None,
+        description="Where 'her2ops login' keeps the personal token; default "
+        "~/.config/her2ops/token (mode 0600).",
+    )
+    db_connect_timeout_s: int = Field(
+        default=10, ge=1, le=600, description="PostgreSQL connect timeout."
+    )
+    mlflow_timeout_s: int = Field(
+        default=30, ge=1, le=3600, description="Timeout of one MLflow HTTP request."
+    )
+    max_slide_pixels: int = Field(
+        default=1_000_000_000,
+        ge=1,
+        le=20_000_000_000,
+        description="TMA slides (dearray) with more pixels are refused before decoding.",
+    )
+    mlflow_max_retries: int = Field(
+        default=2, ge=0, le=10, description="Retries of a failed MLflow HTTP request."
+    )
 
     @field_validator("database_url")
     @classmethod
     def _normalise_url(cls, value: str | None) -> str | None:
-        if value is None or value == "":
+        if value is None or value.strip() == "":
             return None
+        value = value.strip()
         if value.startswith("postgres://"):
             value = "postgresql://" + value[len("postgres://") :]
         if value.startswith("postgresql://"):
             value = "postgresql+psycopg://" + value[len("postgresql://") :]
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueError(
+                "not a database URL (expected sqlite:///PATH or "
+                "postgresql+psycopg://USER@HOST:5432/DB)"
+            ) from None
+        backend = url.get_backend_name()
+        if backend == "sqlite":
+            if not url.database:
+                raise ValueError("a SQLite URL needs a file: sqlite:///PATH")
+        elif backend == "postgresql":
+            if url.drivername != "postgresql+psycopg":
+                raise ValueError(f"driver {url.drivername!r}: use postgresql+psycopg://")
+            if not url.host and not url.query.get("host"):
+                raise ValueError("no host (postgresql+psycopg://USER@HOST:5432/DB)")
+            if not url.database:
+                raise ValueError(
+                    "no database name (postgresql+psycopg://USER@HOST:5432/DB); libpq would "
+                    "silently pick a default one"
+                )
+        else:
+            raise ValueError(f"unsupported database {backend!r}: use SQLite or PostgreSQL")
+        return value
+
+    @field_validator("data_dir")
+    @classmethod
+    def _data_dir_usable(cls, value: Path) -> Path:
+        probe = value.expanduser().absolute()
+        while not probe.exists():
+            if probe.parent == probe:
+                break
+            probe = probe.parent
+        if not probe.is_dir():
+            raise ValueError(f"{probe} is not a folder, so {value} cannot be created")
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise ValueError(f"{probe} is not writable, so {value} cannot be used or created")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        value = value.strip().lower()
+        if not _DEVICE.match(value):
+            raise ValueError(f"unknown device {value!r}: expected cpu, cuda, cuda:N or mps")
+        return value
+
+    @field_validator("mlflow_tracking_uri")
+    @classmethod
+    def _mlflow_uri(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        value = value.strip()
+        parts = urlsplit(value)
+        scheme = parts.scheme.lower()
+        if scheme not in _MLFLOW_SCHEMES:
+            raise ValueError(
+                f"scheme {scheme or 'none'!r} is not a tracking store: expected "
+                "http(s)://HOST:PORT, sqlite:///PATH, file:///PATH or a database URL"
+            )
+        if scheme in ("http", "https"):
+            try:
+                port = parts.port
+            except ValueError:
+                raise ValueError("the port is not a number") from None
+            if not parts.hostname:
+                raise ValueError("no host (http://HOST:PORT)")
+            del port
+        if scheme == "sqlite" and not value.startswith("sqlite:///"):
+            raise ValueError("a SQLite store needs a file: sqlite:///PATH")
         return value
 
     @property
@@ -87,8 +204,47 @@ class Settings(BaseSettings):
     def mlflow_artifact_root(self) -> Path:
         return (self.data_dir / "mlartifacts").resolve()
 
+    @property
+    def credentials_required(self) -> bool:
+        """Whether acting as a user needs that user's credential (see the README)."""
+        if self.require_credentials is not None:
+            return self.require_credentials
+        return not self.resolved_database_url.startswith("sqlite")
+
+    @property
+    def resolved_token_file(self) -> Path:
+        return self.token_file or Path.home() / ".config" / "her2ops" / "token"
+
+    def mlflow_http_env(self) -> dict[str, str]:
+        """MLflow's own variables that bound an HTTP call (an unreachable server must not hang)."""
+        return {
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": str(self.mlflow_timeout_s),
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(self.mlflow_max_retries),
+            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+        }
+
+
+def _one_line(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        value = err.get("input")
+        shown = f" (got {value!r})" if isinstance(value, str | int | float) else ""
+        parts.append(f"HER2OPS_{field.upper()}: {msg}{shown}")
+    return "; ".join(parts)
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings; tests call ``get_settings.cache_clear()`` after changing env."""
-    return Settings()
+    """The process-wide settings; tests call ``get_settings.cache_clear()`` after changing env.
+
+    Raises :class:`ConfigError` with one line naming each bad variable.
+    """
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        raise ConfigError(f"bad setting: {_one_line(exc)}") from None
+    for key, value in settings.mlflow_http_env().items():
+        os.environ.setdefault(key, value)
+    return settings

@@ -13,10 +13,20 @@ from her2ops.config import get_settings
 from tests.factories import make_manifest, write_csv
 
 runner = CliRunner()
+PASSWORDS = {"boss": "boss-password-1", "lm": "lm-password-12", "p1": "p1-password-123"}
 
 
-def run(*args: str, ok: bool = True) -> str:
-    result = runner.invoke(app, list(args))
+@pytest.fixture(autouse=True)
+def _token_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Credentials are required on both dialects here; the token file lives in tmp_path."""
+    monkeypatch.setenv("HER2OPS_TOKEN_FILE", str(tmp_path / "token"))
+    monkeypatch.setenv("HER2OPS_REQUIRE_CREDENTIALS", "true")
+    get_settings.cache_clear()
+
+
+def run(*args: str, ok: bool = True, token: str | None = None, stdin: str | None = None) -> str:
+    env = {"HER2OPS_TOKEN": token} if token else None
+    result = runner.invoke(app, list(args), env=env, input=stdin)
     if ok:
         assert result.exit_code == 0, result.output + str(result.exception)
     else:
@@ -24,13 +34,30 @@ def run(*args: str, ok: bool = True) -> str:
     return result.output
 
 
+def token_of(user: str) -> str:
+    """Log ``user`` in (password on stdin) and return the personal token from the token file."""
+    run("login", user, "--password-stdin", stdin=PASSWORDS[user] + "\n")
+    return str(json.loads(Path(get_settings().resolved_token_file).read_text())["token"])
+
+
+def add_user(name: str, role: str, admin_token: str | None) -> None:
+    args = ["users", "add", name, "--role", role]
+    if name in PASSWORDS:
+        args.append("--password-stdin")
+    if admin_token:
+        args = ["--as", "boss", *args]
+    run(*args, token=admin_token, stdin=PASSWORDS.get(name, "") + "\n")
+
+
 def test_full_curation_flow(db_url: str, tmp_path: Path) -> None:
-    run("users", "add", "boss", "--role", "admin")
-    run("--as", "boss", "users", "add", "lm", "--role", "lab_manager")
+    add_user("boss", "admin", None)
+    boss = token_of("boss")
+    add_user("lm", "lab_manager", boss)
     for p in ("p1", "p2", "p3"):
-        run("--as", "boss", "users", "add", p)
+        add_user(p, "pathologist", boss)
+    lm, p1 = token_of("lm"), token_of("p1")
     manifest = make_manifest(tmp_path / "m", 8)
-    out = json.loads(run("--as", "lm", "ingest", str(manifest), "--json"))
+    out = json.loads(run("--as", "lm", "ingest", str(manifest), "--json", token=lm))
     assert out["added"] == 8
     rows = [
         (f"C{i:05d}", p, str((i + (j == 2)) % 4))
@@ -38,31 +65,51 @@ def test_full_curation_flow(db_url: str, tmp_path: Path) -> None:
         for j, p in enumerate(("p1", "p2", "p3"))
     ]
     votes = write_csv(tmp_path / "v.csv", ("core", "pathologist", "score"), rows)
-    assert "imported 24 vote(s)" in run("--as", "lm", "votes", "import", str(votes))
-    assert "24 already recorded" in run("--as", "lm", "votes", "import", str(votes))
-    cons = json.loads(run("--as", "lm", "consensus", "--json"))
+    assert "imported 24 vote(s)" in run("--as", "lm", "votes", "import", str(votes), token=lm)
+    assert "24 already recorded" in run("--as", "lm", "votes", "import", str(votes), token=lm)
+    cons = json.loads(run("--as", "lm", "consensus", "--json", token=lm))
     assert cons["by_status"] == {"agreed": 8}
-    split = json.loads(run("--as", "lm", "split", "create", "s", "--seed", "3", "--json"))
+    split = json.loads(run("--as", "lm", "split", "create", "s", "--seed", "3", "--json", token=lm))
     assert split["patients"] == 4
-    stats = json.loads(run("stats", "--json"))
+    stats = json.loads(run("--as", "lm", "stats", "--json", token=lm))
     assert stats["n_labelled"] == 8 and stats["fleiss"]["n_raters"] == 3
     assert stats["agreement_with_consensus"]["p1"]["rate"] == 1.0
-    text = run("labels", "export", "--split", "s")
+    text = run("--as", "lm", "labels", "export", "--split", "s", token=lm)
     assert text.splitlines()[0] == "core,patient,partition,score,status,votes,agreement"
     assert len(text.splitlines()) == 9
-    exported = json.loads(run("labels", "export", "--format", "json"))
+    exported = json.loads(run("--as", "lm", "labels", "export", "--format", "json", token=lm))
     assert exported[0]["votes"] == "p1:0;p2:0;p3:1+"
-    assert "v1 agreed" in run("labels", "history", "C00000")
+    # a pathologist sees the consensus and their own votes only (blinded review)
+    mine = json.loads(run("--as", "p1", "labels", "export", "--format", "json", token=p1))
+    assert mine[0]["votes"] == "p1:0" and mine[0]["score"] == "0"
+    assert "v1 agreed" in run("--as", "p1", "labels", "history", "C00000", token=p1)
+    # a name without its credential, or with another user's, acts as nobody
+    out = run("--as", "lm", "stats", "--json", ok=False)
+    assert "needs that user's credential" in out
+    out = run("--as", "boss", "users", "add", "mallory", "--role", "admin", token=lm, ok=False)
+    assert "needs that user's credential" in out
+    assert "mallory" not in run("--as", "boss", "users", "list", token=boss)
 
 
 def test_errors_are_one_line(db_url: str, tmp_path: Path) -> None:
-    run("users", "add", "boss", "--role", "admin")
-    out = run("--as", "nobody", "ingest", str(tmp_path / "none.csv"), ok=False)
-    assert "unknown user 'nobody'" in out and "Traceback" not in out
-    out = run("--as", "boss", "ingest", str(tmp_path / "none.csv"), ok=False)
+    add_user("boss", "admin", None)
+    boss = token_of("boss")
+    out = run("--as", "nobody", "ingest", str(tmp_path / "none.csv"), ok=False, token=boss)
+    assert "acting as 'nobody' needs that user's credential" in out and "Traceback" not in out
+    out = run("--as", "boss", "ingest", str(tmp_path / "none.csv"), ok=False, token=boss)
     assert "file not found" in out
     out = run(
-        "--as", "boss", "split", "create", "x", "--seed", "1", "--ratios", "0.5,0.6", ok=False
+        "--as",
+        "boss",
+        "split",
+        "create",
+        "x",
+        "--seed",
+        "1",
+        "--ratios",
+        "0.5,0.6",
+        ok=False,
+        token=boss,
     )
     assert "error:" in out
 
@@ -86,6 +133,35 @@ def test_db_commands(blank_db_url: str, monkeypatch: pytest.MonkeyPatch) -> None
     get_settings.cache_clear()
     assert "current: none" in run("db", "current")
     run("db", "upgrade")
-    assert "current: 0001" in run("db", "current") or "current: 0" in run("db", "current")
-    run("db", "downgrade", "base")
+    assert "current: 0" in run("db", "current")
+    add_user("boss", "admin", None)
+    boss = token_of("boss")
+    add_user("lm", "lab_manager", boss)
+    lm = token_of("lm")
+    # destructive: an admin, with --yes, and on PostgreSQL --i-know-this-deletes-data as well
+    # without --as the token file's user acts (lm logged in last)
+    out = run("db", "downgrade", "base", "--yes", ok=False)
+    assert "user 'lm' (role lab_manager) may not db.downgrade" in out
+    Path(get_settings().resolved_token_file).unlink()
+    out = run("db", "downgrade", "base", "--yes", ok=False)
+    assert "no acting user" in out
+    out = run("--as", "lm", "db", "downgrade", "base", "--yes", token=lm, ok=False)
+    assert "may not db.downgrade" in out
+    out = run("--as", "boss", "db", "downgrade", "base", token=boss, ok=False)
+    assert "pass --yes" in out
+    assert "current: 0" in run("db", "current")
+    if blank_db_url.startswith("postgresql"):
+        out = run("--as", "boss", "db", "downgrade", "base", "--yes", token=boss, ok=False)
+        assert "--i-know-this-deletes-data" in out
+        assert "current: 0" in run("db", "current")
+    run(
+        "--as",
+        "boss",
+        "db",
+        "downgrade",
+        "base",
+        "--yes",
+        "--i-know-this-deletes-data",
+        token=boss,
+    )
     assert "current: none" in run("db", "current")

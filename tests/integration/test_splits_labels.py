@@ -41,7 +41,9 @@ def test_split_create_is_deterministic_and_patient_level(db_url: str) -> None:
     with session_scope() as s:
 
         def parts(name: str) -> dict[str, str]:
-            return {r.core: r.partition for r in map(_Row.of, export_rows(s, split=name))}
+            return {
+                r.core: r.partition for r in map(_Row.of, export_rows(s, actor="lm", split=name))
+            }
 
         a, b, c = parts("a"), parts("b"), parts("c")
         assert a == b and a != c
@@ -107,7 +109,7 @@ def test_frozen_split_refuses_recreate_but_extends(db_url: str) -> None:
 
 def _export(split: str) -> list[dict[str, object]]:
     with session_scope() as s:
-        return export_rows(s, split=split)
+        return export_rows(s, actor="lm", split=split)
 
 
 def test_label_snapshot_hash_tracks_labels(db_url: str) -> None:

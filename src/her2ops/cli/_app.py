@@ -41,12 +41,21 @@ def _global(
     ] = None,
 ) -> None:
     """her2ops: HER2 IHC scoring of TMA cores, and the platform around it."""
+    from her2ops.config import get_settings
+
+    call(get_settings)  # every setting is checked at start-up: one line naming a bad one
     _STATE["actor"] = as_user
+    _STATE.pop("authenticated", None)
 
 
 def actor() -> str | None:
-    """The acting user named by ``--as`` or ``HER2OPS_USER``."""
-    return _STATE["actor"]
+    """The acting user: ``--as`` or ``HER2OPS_USER``, else the ``her2ops login`` token's user;
+    outside the embedded SQLite default, only with that user's credential (checked once)."""
+    from her2ops.pipelines.admin import authenticated_actor
+
+    if "authenticated" not in _STATE:
+        _STATE["authenticated"] = call(authenticated_actor, named=_STATE["actor"])
+    return _STATE["authenticated"]
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

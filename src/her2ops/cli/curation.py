@@ -42,9 +42,22 @@ def db_upgrade(
 @db_app.command("downgrade")
 def db_downgrade(
     revision: Annotated[str, typer.Argument(help="Target revision ('base' empties it).")],
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm: this deletes data.")] = False,
+    i_know: Annotated[
+        bool,
+        typer.Option(
+            "--i-know-this-deletes-data", help="Needed as well on PostgreSQL (production)."
+        ),
+    ] = False,
 ) -> None:
-    """Migrate the database down to REVISION."""
-    res = call(database.downgrade, revision=revision)
+    """Migrate the database down to REVISION (an admin, with --yes; deletes data)."""
+    res = call(
+        database.downgrade,
+        actor=actor(),
+        revision=revision,
+        yes=yes,
+        i_know_this_deletes_data=i_know,
+    )
     typer.echo(f"database at revision {res['current'] or 'base'}")
 
 
@@ -58,16 +71,63 @@ def db_current() -> None:
 # --- users ----------------------------------------------------------------------------------
 
 
+PasswordStdinOpt = Annotated[
+    bool, typer.Option("--password-stdin", help="Read the password from the first line of stdin.")
+]
+
+
+def _read_password(from_stdin: bool, *, confirm: bool) -> str:
+    """One line from stdin, or a hidden prompt (twice for a new password)."""
+    import getpass
+
+    if from_stdin:
+        line = sys.stdin.readline()
+        return line[:-1] if line.endswith("\n") else line
+    first = getpass.getpass("password: ")
+    if confirm and getpass.getpass("again: ") != first:
+        typer.echo("error: the two passwords differ", err=True)
+        raise typer.Exit(1)
+    return first
+
+
 @users_app.command("add")
 def users_add(
     username: Annotated[str, typer.Argument(help="Login name.")],
     role: Annotated[
         str, typer.Option(help="pathologist, lab_manager, engineer or admin.")
     ] = "pathologist",
+    password_stdin: PasswordStdinOpt = False,
 ) -> None:
     """Add a user. The first user needs no --as (bootstrap); then only an admin adds users."""
-    user = call(curation.add_user, actor=actor(), username=username, role=role)
+    password = _read_password(True, confirm=False) if password_stdin else None
+    user = call(curation.add_user, actor=actor(), username=username, role=role, password=password)
     typer.echo(f"added user {user['username']} ({user['role']})")
+
+
+@users_app.command("passwd")
+def users_passwd(
+    username: Annotated[str, typer.Argument(help="Whose password (yours, or any as admin).")],
+    password_stdin: PasswordStdinOpt = False,
+) -> None:
+    """Set a password; it also ends the user's personal token."""
+    from her2ops.pipelines.admin import set_password
+
+    password = _read_password(password_stdin, confirm=True)
+    call(set_password, actor=actor(), username=username, password=password)
+    typer.echo(f"password of {username} set")
+
+
+@app.command("login")
+def login_cmd(
+    username: Annotated[str, typer.Argument(help="Your user name.")],
+    password_stdin: PasswordStdinOpt = False,
+) -> None:
+    """Check your password and keep a personal token in a file only you can read."""
+    from her2ops.pipelines.admin import login
+
+    password = _read_password(password_stdin, confirm=False)
+    path = call(login, username=username, password=password)
+    typer.echo(f"logged in as {username}; token in {path}")
 
 
 @users_app.command("list")

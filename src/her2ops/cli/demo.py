@@ -103,7 +103,7 @@ def main() -> None:
     banner("4. Consensus by the voting protocol, a patient-level split, agreement statistics")
     her2ops("consensus", user="lab")
     her2ops("split", "create", "main", "--seed", 42, "--ratios", "0.6,0.2,0.2", user="lab")
-    her2ops("stats")
+    her2ops("stats", user="lab")
 
     banner("5. What the model sees: pyramid sampling sets of one stored core")
     first_core = _first_core()
@@ -156,7 +156,7 @@ def main() -> None:
         her2ops("models", "promote", "challenger", user="eng")
         her2ops("models", "list")
         her2ops("score", "--model", "champion", "--core", first_core, user="eng")
-    her2ops("labels", "export", "--split", "main", "--out", ROOT / "labels.csv")
+    her2ops("labels", "export", "--split", "main", "--out", ROOT / "labels.csv", user="lab")
 
     banner("Done")
     print(f"data dir: {ROOT}")

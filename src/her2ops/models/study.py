@@ -98,8 +98,13 @@ def sampling_assumption(replace: bool, m: int) -> str:
 _RANGE = re.compile(r"^(\d+)\s*\.\.\s*(\d+)$")
 
 
-def parse_int_list(text: str) -> list[int]:
-    """``"1..20,30,50,100"`` -> sorted unique positive integers (ranges are inclusive)."""
+#: The largest N or k a study accepts (the paper used M = 300 cached outputs per core).
+MAX_LIST_VALUE = 10_000
+
+
+def parse_int_list(text: str, *, max_value: int = MAX_LIST_VALUE) -> list[int]:
+    """``"1..20,30,50,100"`` -> sorted unique positive integers (ranges are inclusive), each at
+    most ``max_value`` (checked before a range is expanded)."""
     out: set[int] = set()
     for token in (t.strip() for t in str(text).split(",")):
         if not token:
@@ -109,8 +114,12 @@ def parse_int_list(text: str) -> list[int]:
             lo, hi = int(m.group(1)), int(m.group(2))
             if lo > hi:
                 raise InvalidRequest(f"empty range {token!r}")
+            if hi > max_value:
+                raise InvalidRequest(f"{token!r}: values above {max_value:,} are refused")
             out.update(range(lo, hi + 1))
         elif token.isdigit():
+            if int(token) > max_value:
+                raise InvalidRequest(f"{token!r}: values above {max_value:,} are refused")
             out.add(int(token))
         else:
             raise InvalidRequest(

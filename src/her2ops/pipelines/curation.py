@@ -7,15 +7,12 @@ dicts) that every adapter can render or serialise.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-
 from her2ops.errors import InvalidRequest, NotFound
+from her2ops.pipelines import admin
 from her2ops.pipelines.progress import Progress, no_progress, track
 from her2ops.pipelines.runtime import get_runtime
 from her2ops.platform import consensus as consensus_service
@@ -24,27 +21,25 @@ from her2ops.platform import labels as labels_service
 from her2ops.platform import votes as votes_service
 from her2ops.platform.consensus import ConsensusReport
 from her2ops.platform.curation import IngestReport
-from her2ops.platform.schema import User
 from her2ops.platform.votes import VoteImportReport
 from her2ops.scores import SCORE_LABELS
 
 EXPORT_FORMATS = ("csv", "json")
 
 
-def add_user(*, actor: str | None, username: str, role: str) -> dict[str, Any]:
+def add_user(
+    *, actor: str | None, username: str, role: str, password: str | None = None
+) -> dict[str, Any]:
     """Add a user (the first one bootstraps; then only an admin adds users)."""
     with get_runtime().session() as s:
-        user = curation_service.add_user(s, actor=actor, username=username, role=role)
+        user = admin.add_user(s, actor=actor, username=username, role=role, password=password)
         return {"username": user.username, "role": user.role}
 
 
 def list_users(*, actor: str | None) -> list[dict[str, Any]]:
-    """Every user with role and whether the account is active."""
+    """Every user with role and whether the account is active (any active user)."""
     with get_runtime().session() as s:
-        return [
-            {"username": u.username, "role": u.role, "active": u.active}
-            for u in s.scalars(select(User).order_by(User.username))
-        ]
+        return curation_service.list_users(s, actor=actor)
 
 
 def ingest(
@@ -56,8 +51,8 @@ def ingest(
 ) -> IngestReport:
     """Validate a manifest's rows and images, store the images, record the cores (atomic)."""
     rt = get_runtime()
-    with rt.session() as s:
-        return curation_service.ingest_manifest(
+    return rt.transaction(
+        lambda s: curation_service.ingest_manifest(
             s,
             actor=actor,
             manifest=manifest,
@@ -65,24 +60,30 @@ def ingest(
             max_pixels=rt.settings.max_image_pixels,
             skip_invalid=skip_invalid,
             progress=lambda items: track(items, progress, "validating and storing images"),
-        )
+        ),
+        what="ingest",
+    )
 
 
 def import_votes(*, actor: str | None, path: Path, skip_invalid: bool = False) -> VoteImportReport:
     """Append the votes of a CSV file (atomic; re-importing the same votes changes nothing)."""
-    with get_runtime().session() as s:
-        return votes_service.import_votes(s, actor=actor, path=path, skip_invalid=skip_invalid)
+    return get_runtime().transaction(
+        lambda s: votes_service.import_votes(s, actor=actor, path=path, skip_invalid=skip_invalid),
+        what="votes import",
+    )
 
 
 def cast_vote(
     *, actor: str | None, core: str, score: str, round: str = "review", comment: str | None = None
 ) -> dict[str, Any]:
     """One vote by the acting pathologist."""
-    with get_runtime().session() as s:
-        vote = votes_service.cast_vote(
+    vote = get_runtime().transaction(
+        lambda s: votes_service.cast_vote(
             s, actor=actor, core=core, score=score, round=round, comment=comment
-        )
-        return {"core": core, "score": vote.score, "round": vote.round}
+        ),
+        what="votes cast",
+    )
+    return {"core": core, "score": vote.score, "round": vote.round}
 
 
 def run_consensus(
@@ -94,10 +95,12 @@ def run_consensus(
 ) -> ConsensusReport:
     """Apply the voting protocol to the cores whose votes changed (or all of them), with the
     lab's policy from settings (other parameters: admins only, audited)."""
-    with get_runtime().session() as s:
-        return consensus_service.apply_consensus(
+    return get_runtime().transaction(
+        lambda s: consensus_service.apply_consensus(
             s, actor=actor, all_cores=all_cores, min_agreement=min_agreement, min_votes=min_votes
-        )
+        ),
+        what="consensus",
+    )
 
 
 def reopen_core(*, actor: str | None, core: str, reason: str | None = None) -> dict[str, Any]:
@@ -120,7 +123,7 @@ def label_history(*, actor: str | None, core: str) -> list[dict[str, Any]]:
                 "current": r.is_current,
                 "at": r.created_at.isoformat(),
             }
-            for r in consensus_service.label_history(s, core)
+            for r in labels_service.history(s, actor=actor, core=core)
         ]
     if not rows:
         raise NotFound(f"no labels for core {core!r}")
@@ -130,7 +133,7 @@ def label_history(*, actor: str | None, core: str) -> list[dict[str, Any]]:
 def export_labels(*, actor: str | None, split: str | None = None) -> list[dict[str, Any]]:
     """One row per core: core, patient, partition, score, status, votes, agreement."""
     with get_runtime().session() as s:
-        return labels_service.export_rows(s, split=split)
+        return labels_service.export_rows(s, actor=actor, split=split)
 
 
 def render_export(rows: list[dict[str, Any]], fmt: str) -> str:
@@ -139,16 +142,10 @@ def render_export(rows: list[dict[str, Any]], fmt: str) -> str:
         raise InvalidRequest(f"--format must be csv or json, not {fmt!r}")
     if fmt == "json":
         return json.dumps(rows, indent=2) + "\n"
-    buf = io.StringIO()
-    writer = csv.DictWriter(
-        buf, fieldnames=list(labels_service.EXPORT_COLUMNS), lineterminator="\n"
-    )
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
+    return labels_service.export_csv(rows)  # formula-like cells escaped
 
 
 def agreement_stats(*, actor: str | None) -> dict[str, Any]:
     """Fleiss' kappa, pairwise weighted kappa, agreement with consensus, counts."""
     with get_runtime().session() as s:
-        return labels_service.stats_summary(s)
+        return labels_service.stats_summary(s, actor=actor)

@@ -15,11 +15,24 @@ def upgrade(*, revision: str = "head") -> dict[str, Any]:
     return {"current": migrate.current(url), "head": migrate.head()}
 
 
-def downgrade(*, revision: str) -> dict[str, Any]:
-    """Migrate the configured database down to ``revision`` (``base`` empties it)."""
-    url = get_runtime().database_url
-    migrate.downgrade(revision, url)
-    return {"current": migrate.current(url), "head": migrate.head()}
+def downgrade(
+    *,
+    actor: str | None,
+    revision: str,
+    yes: bool = False,
+    i_know_this_deletes_data: bool = False,
+) -> dict[str, Any]:
+    """Migrate the configured database down to ``revision`` (``base`` empties it): an admin,
+    ``yes``, and on PostgreSQL ``i_know_this_deletes_data`` (see ``pipelines.admin``)."""
+    from her2ops.pipelines.admin import downgrade_database
+
+    return downgrade_database(
+        actor=actor,
+        revision=revision,
+        yes=yes,
+        i_know_this_deletes_data=i_know_this_deletes_data,
+        url=get_runtime().database_url,
+    )
 
 
 def current() -> dict[str, Any]:

@@ -109,7 +109,10 @@ def dearray_slide(
 ) -> dict[str, Any]:
     """Find the cores of a TMA slide, give each its grid position, write cores + manifest."""
     from her2ops.imaging.dearray import SlideImage, dearray, found_to_dicts, write_cores
+    from her2ops.pipelines.bounds import check_grid, check_slide
 
+    check_grid(rows, cols)
+    check_slide(slide)  # the declared size, from the header, before anything is decoded
     try:
         image = SlideImage(slide)
         found = dearray(image, rows=rows, cols=cols, expected_diameter=diameter)
@@ -139,12 +142,10 @@ def synthesize(
     progress: Progress = no_progress,
 ) -> Any:
     """Write a synthetic data set (cores, manifest, votes, truth); its summary."""
+    from her2ops.pipelines.bounds import check_synth
     from her2ops.synthetic.dataset import generate_dataset
 
-    if not patients <= cores <= 3 * patients:
-        raise InvalidRequest(
-            f"--cores must be between --patients and 3 x --patients ({patients}-{3 * patients})"
-        )
+    check_synth(patients=patients, cores=cores, size=size)
     if out.exists() and not out.is_dir():
         raise InvalidRequest(f"{out} exists and is not a folder")
     if (out / "manifest.csv").exists():
@@ -202,6 +203,9 @@ def run_study_file(
         if isinstance(exc, InvalidRequest):
             raise
         raise InvalidRequest(f"cannot read {outputs}: {exc}") from None
+    from her2ops.pipelines.bounds import check_study_inputs
+
+    check_study_inputs(probs, labels, draws=draws)
     result = run_study(
         probs,
         labels,

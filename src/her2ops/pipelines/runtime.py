@@ -11,17 +11,19 @@ database whose schema is behind the code is refused with the command that fixes 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy.orm import Session
 
 from her2ops.config import Settings, get_settings
 from her2ops.errors import ConfigError
 from her2ops.platform import migrate
-from her2ops.platform.db import session_scope
+from her2ops.platform.db import run_in_transaction, session_scope
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from her2ops.imaging.pss import PSSConfig
@@ -59,6 +61,12 @@ class Runtime:
         self.check_database()
         with session_scope(self.database_url) as session:
             yield session
+
+    def transaction(self, work: Callable[[Session], T], *, what: str) -> T:
+        """``work(session)`` in one unit of work, retried (bounded) when it collides with a
+        concurrent one; a lasting collision is one :class:`~her2ops.errors.Conflict`."""
+        self.check_database()
+        return run_in_transaction(work, url=self.database_url, what=what)
 
     @cached_property
     def store(self) -> CoreStore:

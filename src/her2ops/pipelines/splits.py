@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from her2ops.pipelines.runtime import get_runtime
+from her2ops.platform import labels as labels_service
 from her2ops.platform import splits as split_service
 from her2ops.platform.split_rules import parse_ratios
 
@@ -31,7 +32,7 @@ def create_split(
             replace=replace,
             balanced_test=balanced_test,
         )
-        return split_service.show_split(s, name)
+        return labels_service.split_summary(s, actor=actor, name=name)
 
 
 def extend_split(*, actor: str | None, name: str) -> dict[str, Any]:

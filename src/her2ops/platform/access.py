@@ -22,7 +22,21 @@ PERMISSIONS: dict[str, tuple[str, ...]] = {
     "models.score": ("engineer", "lab_manager"),
     "models.promote": ("engineer",),
     "review.enqueue": ("engineer", "lab_manager"),
+    # Reads. The consensus, splits and user list are for every active user; other pathologists'
+    # individual votes are not for pathologists (blinded review), nor are agreement statistics.
+    "labels.read": ("pathologist", "lab_manager", "engineer"),
+    "splits.read": ("pathologist", "lab_manager", "engineer"),
+    "users.list": ("pathologist", "lab_manager", "engineer"),
+    "votes.read_all": ("lab_manager", "engineer"),
+    "stats.read": ("lab_manager", "engineer"),
+    # Destructive: only an admin (and the caller asks for an explicit confirmation).
+    "db.downgrade": (),
 }
+
+
+def can(user: User, action: str) -> bool:
+    """Whether ``user``'s role allows ``action`` (admins may do everything)."""
+    return user.role == "admin" or user.role in PERMISSIONS[action]
 
 
 def get_user(session: Session, username: str | None) -> User:
@@ -38,8 +52,8 @@ def get_user(session: Session, username: str | None) -> User:
 def require(session: Session, username: str | None, action: str) -> User:
     """Return the acting user if their role allows ``action``; AccessDenied otherwise."""
     user = get_user(session, username)
-    allowed = PERMISSIONS[action]
-    if user.role != "admin" and user.role not in allowed:
+    allowed = PERMISSIONS[action] + ("admin",)
+    if not can(user, action):
         raise AccessDenied(
             f"user {user.username!r} (role {user.role}) may not {action}; "
             f"needs role {' or '.join(allowed)}"

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 from her2ops.config import get_settings
 from her2ops.platform import audit
 from her2ops.platform.access import require
+from her2ops.platform.consensus_marks import clear_needs_consensus
 from her2ops.platform.errors import Conflict, InvalidRequest, NotFound, PermissionDenied, RowError
 from her2ops.platform.protocol import (
     LabelStatus,
@@ -172,10 +173,15 @@ def apply_consensus(
     refused unless the actor is an admin, and such a run is audited as an override."""
     actor_user = require(session, actor, "consensus.apply")
     policy, override = _policy_for_run(actor_user, min_agreement, min_votes)
-    core_q = select(Core.id, Core.code)
+    # Each core's votes counter is read before its votes (see consensus_marks).
+    core_q = select(Core.id, Core.code, Core.votes_version)
     if not all_cores:
         core_q = core_q.where(Core.needs_consensus.is_(True))
-    cores = dict(session.execute(core_q).all())
+    seen_version: dict[int, int] = {}
+    cores: dict[int, str] = {}
+    for cid, code, version in session.execute(core_q):
+        cores[cid] = code
+        seen_version[cid] = version
     report = ConsensusReport(evaluated=len(cores))
     if not cores:
         return report
@@ -243,10 +249,7 @@ def apply_consensus(
         )
     if new_rows:
         session.execute(insert(ConsensusLabel), new_rows)
-    for i in range(0, len(ids), CHUNK):
-        session.execute(
-            update(Core).where(Core.id.in_(ids[i : i + CHUNK])).values(needs_consensus=False)
-        )
+    clear_needs_consensus(session, seen_version)
     report.by_status = dict(sorted(counts.items()))
     if report.changed or override:
         audit.record(

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from her2ops.errors import InvalidRequest
 from her2ops.imaging.readers import ImageError, ImageInfo, file_sha256, read_rgb
 from her2ops.imaging.store import CoreStore, StoreError
 from her2ops.platform import audit
 from her2ops.platform.access import require, user_count
-from her2ops.platform.csvio import CsvRow, read_csv
-from her2ops.platform.errors import Conflict, ImportRejected, RowError
+from her2ops.platform.auth import hash_password
+from her2ops.platform.csvio import CsvRow, read_csv, text_problem
+from her2ops.platform.errors import Conflict, ImportRejected, InvalidRequest, RowError
 from her2ops.platform.schema import ROLES, Core, Patient, Slide, User
 
 T = TypeVar("T")
@@ -27,19 +28,46 @@ def _no_progress(items: Iterable[T]) -> Iterable[T]:
     return items
 
 
-def add_user(session: Session, *, actor: str | None, username: str, role: str) -> User:
+USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def validate_username(username: str) -> str:
+    """The stripped name, or InvalidRequest: 1-64 of letters, digits, ``.``, ``_``, ``-``.
+
+    No spaces, line breaks or other characters that could forge output lines or act as a
+    spreadsheet formula (the name appears in exports as ``name:score``).
+    """
+    name = username.strip()
+    if not USERNAME.match(name):
+        raise InvalidRequest(
+            f"bad username {name[:70]!r}: 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def add_user(
+    session: Session,
+    *,
+    actor: str | None,
+    username: str,
+    role: str,
+    password: str | None = None,
+) -> User:
     """Add a user. The very first user may be added without an actor (bootstrap); after that
-    only an admin adds users."""
+    only an admin adds users. Names differing only by case are refused (they would be told
+    apart by nobody reading an export)."""
     if role not in ROLES:
         raise InvalidRequest(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
-    username = username.strip()
-    if not username:
-        raise InvalidRequest("username must not be empty")
+    username = validate_username(username)
+    password_hash = hash_password(password) if password is not None else None
     bootstrap = user_count(session) == 0
     actor_user = None if bootstrap else require(session, actor, "users.add")
-    if session.scalar(select(User).where(User.username == username)) is not None:
-        raise Conflict(f"user {username!r} already exists")
-    user = User(username=username, role=role)
+    clash = session.scalar(select(User).where(func.lower(User.username) == username.lower()))
+    if clash is not None:
+        same = "" if clash.username == username else f" (as {clash.username!r})"
+        raise Conflict(f"user {username!r} already exists{same}")
+    user = User(username=username, role=role, password_hash=password_hash)
     session.add(user)
     session.flush()
     audit.record(
@@ -48,9 +76,23 @@ def add_user(session: Session, *, actor: str | None, username: str, role: str) -
         action="users.add",
         entity="user",
         key=username,
-        details={"role": role, "bootstrap": bootstrap},
+        details={"role": role, "bootstrap": bootstrap, "password": password is not None},
     )
     return user
+
+
+def list_users(session: Session, *, actor: str | None) -> list[dict[str, object]]:
+    """Users and roles, for any active user."""
+    require(session, actor, "users.list")
+    return [
+        {
+            "username": u.username,
+            "role": u.role,
+            "active": u.active,
+            "password": u.password_hash is not None,
+        }
+        for u in session.scalars(select(User).order_by(User.username))
+    ]
 
 
 @dataclass
@@ -93,12 +135,25 @@ MANIFEST_REQUIRED = ("patient", "core", "image")
 MANIFEST_OPTIONAL = ("slide", "row", "col", "site")
 
 
+#: Column limits of the schema, checked before the database so both dialects refuse alike.
+CODE_LIMITS = {"patient": 64, "core": 128, "slide": 128, "site": 64}
+MAX_GRID = 100_000
+MAX_PATH = 4096
+
+
 def _parse_manifest_row(row: CsvRow, base: Path) -> _Candidate | RowError:
     patient, core, image = row.get("patient"), row.get("core"), row.get("image")
-    key = core or patient
+    key = (core or patient)[:40]
+    if row.problem:
+        return RowError(row.line, row.problem, key)
     for name, value in (("patient", patient), ("core", core), ("image", image)):
         if not value:
             return RowError(row.line, f"empty {name}", key)
+    for name, limit in CODE_LIMITS.items():
+        if bad := text_problem(name, row.get(name), limit, code=True):
+            return RowError(row.line, bad, key)
+    if bad := text_problem("image", image, MAX_PATH, code=True):
+        return RowError(row.line, bad, key)
     grid: list[int | None] = []
     for name in ("row", "col"):
         text = row.get(name)
@@ -108,9 +163,9 @@ def _parse_manifest_row(row: CsvRow, base: Path) -> _Candidate | RowError:
         try:
             value_int = int(text)
         except ValueError:
-            return RowError(row.line, f"{name} {text!r} is not an integer", key)
-        if value_int < 0:
-            return RowError(row.line, f"{name} {text!r} is negative", key)
+            return RowError(row.line, f"{name} {text[:20]!r} is not an integer", key)
+        if not 0 <= value_int <= MAX_GRID:
+            return RowError(row.line, f"{name} {text[:20]!r} is not in 0..{MAX_GRID:,}", key)
         grid.append(value_int)
     path = Path(image)
     if not path.is_absolute():
@@ -153,6 +208,7 @@ def ingest_manifest(
     candidates: list[_Candidate] = []
 
     seen_core: dict[str, int] = {}
+    seen_core_row: dict[str, _Candidate] = {}
     seen_patient_site: dict[str, tuple[str | None, int]] = {}
     for row in rows:
         parsed = _parse_manifest_row(row, manifest.parent)
@@ -160,6 +216,9 @@ def ingest_manifest(
             errors.append(parsed)
             continue
         if parsed.core in seen_core:
+            first = seen_core_row[parsed.core]
+            if _same_row(first, parsed):
+                continue  # the same row repeated (a re-saved file): nothing new
             errors.append(
                 RowError(
                     row.line,
@@ -169,6 +228,7 @@ def ingest_manifest(
             )
             continue
         seen_core[parsed.core] = row.line
+        seen_core_row[parsed.core] = parsed
         prior = seen_patient_site.get(parsed.patient)
         if prior and parsed.site and prior[0] and prior[0] != parsed.site:
             errors.append(
@@ -333,7 +393,7 @@ def ingest_manifest(
             actor=actor_user,
             action="cores.ingest",
             entity="manifest",
-            key=str(manifest),
+            key=str(manifest)[-256:],
             details={
                 "sha256": file_sha256(manifest),
                 "added": len(report.added),
@@ -342,6 +402,18 @@ def ingest_manifest(
             },
         )
     return report
+
+
+def _same_row(a: _Candidate, b: _Candidate) -> bool:
+    return (a.patient, a.core, a.image, a.slide, a.grid_row, a.grid_col, a.site) == (
+        b.patient,
+        b.core,
+        b.image,
+        b.slide,
+        b.grid_row,
+        b.grid_col,
+        b.site,
+    )
 
 
 def _store_once(store: CoreStore, rgb: Any, sha256: str) -> str:

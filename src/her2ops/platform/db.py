@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from her2ops.config import get_settings
-from her2ops.platform.errors import ConfigError
+from her2ops.platform.errors import ConfigError, Conflict
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -50,6 +55,8 @@ def _create_engine(url: str) -> Engine:
         kwargs["connect_args"] = {"timeout": 30}
     else:
         kwargs["pool_pre_ping"] = True
+        # An unreachable server fails in seconds instead of hanging on the OS's TCP timeout.
+        kwargs["connect_args"] = {"connect_timeout": get_settings().db_connect_timeout_s}
     try:
         engine = create_engine(parsed, **kwargs)
     except (ArgumentError, ImportError) as exc:
@@ -92,6 +99,8 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
         session.commit()
     except OperationalError as exc:
         session.rollback()
+        if is_transient(exc):
+            raise  # a lock timeout, deadlock or serialization failure: the caller may retry
         raise _config_error("database error at", make_url(url), exc) from exc
     except BaseException:
         session.rollback()
@@ -106,3 +115,56 @@ def reset_engines() -> None:
         engine.dispose()
     _ENGINES.clear()
     _FACTORIES.clear()
+
+
+# SQLSTATEs of collisions between concurrent transactions: serialization failure, deadlock,
+# lock not available. Unique violations (23505) are IntegrityErrors, handled alongside.
+_TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03"}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collision with a concurrent transaction (worth a retry)."""
+    if isinstance(exc, IntegrityError):
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False
+    orig = exc.orig
+    if getattr(orig, "sqlstate", None) in _TRANSIENT_SQLSTATES:
+        return True
+    # SQLite: another writer held the database longer than busy_timeout.
+    return "database is locked" in str(orig)
+
+
+def run_in_transaction(
+    work: Callable[[Session], T],
+    *,
+    url: str | None = None,
+    what: str = "the command",
+    attempts: int = 4,
+) -> T:
+    """Run ``work(session)`` in one transaction; retry (bounded) when it collides with a
+    concurrent one (unique key taken meanwhile, deadlock, serialization failure).
+
+    ``work`` must be safe to re-run from the start: every service here re-reads what the database
+    holds, so a retry sees the rows the other transaction committed (a re-import then finds them
+    "already recorded"). After ``attempts`` collisions it ends with one clear :class:`Conflict`.
+    """
+    delay = 0.05
+    for attempt in range(1, attempts + 1):
+        try:
+            with session_scope(url) as session:
+                return work(session)
+        except DBAPIError as exc:
+            if not is_transient(exc):
+                raise
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+            if attempt == attempts:
+                raise Conflict(
+                    f"{what} collided with concurrent changes on each of {attempts} tries and "
+                    f"was not applied (last: {reason}); nothing was written, run it again"
+                ) from None
+            log.info(
+                "%s collided with a concurrent transaction (%s); retry %d", what, reason, attempt
+            )
+            time.sleep(delay * attempt)
+    raise AssertionError("unreachable")

@@ -1,8 +1,15 @@
-"""Reading labels out: the export table, training snapshots and the agreement statistics."""
+"""Reading labels out: the export table, training snapshots and the agreement statistics.
+
+Reads check the acting user too (``access.PERMISSIONS``): every active user sees the consensus,
+but only lab managers, engineers and admins see every pathologist's votes; a pathologist sees
+their own votes only, so an export cannot unblind a review.
+"""
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -11,16 +18,26 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from her2ops.platform.access import can, require
+from her2ops.platform.consensus import label_history
+from her2ops.platform.csvio import spreadsheet_safe
 from her2ops.platform.schema import LABELLED_STATUSES, ConsensusLabel, Core, Patient, User, Vote
-from her2ops.platform.splits import get_split, patient_partitions
+from her2ops.platform.splits import get_split, patient_partitions, show_split
 from her2ops.platform.stats import summarize
 from her2ops.scores import SCORE_LABELS, parse_vote
 
 EXPORT_COLUMNS = ("core", "patient", "partition", "score", "status", "votes", "agreement")
 
 
-def export_rows(session: Session, *, split: str | None = None) -> list[dict[str, Any]]:
-    """One row per core: its current consensus, votes (``user:score@round``) and partition."""
+def export_rows(
+    session: Session, *, actor: str | None, split: str | None = None
+) -> list[dict[str, Any]]:
+    """One row per core: its current consensus, votes (``user:score@round``) and partition.
+
+    A pathologist's export lists their own votes only.
+    """
+    user = require(session, actor, "labels.read")
+    own_votes_only = not can(user, "votes.read_all")
     parts = patient_partitions(session, split) if split else {}
     labels = {
         core_id: (status, score, agreement)
@@ -34,11 +51,14 @@ def export_rows(session: Session, *, split: str | None = None) -> list[dict[str,
         )
     }
     votes: dict[int, list[str]] = defaultdict(list)
-    for vcore, username, vscore, rnd in session.execute(
+    vote_q = (
         select(Vote.core_id, User.username, Vote.score, Vote.round)
         .join(User, User.id == Vote.user_id)
         .order_by(Vote.id)
-    ):
+    )
+    if own_votes_only:
+        vote_q = vote_q.where(Vote.user_id == user.id)
+    for vcore, username, vscore, rnd in session.execute(vote_q):
         votes[vcore].append(f"{username}:{vscore}" + ("" if rnd == "initial" else f"@{rnd}"))
     rows = []
     for core_id, code, patient_id, patient in session.execute(
@@ -59,6 +79,29 @@ def export_rows(session: Session, *, split: str | None = None) -> list[dict[str,
             }
         )
     return rows
+
+
+def export_csv(rows: list[dict[str, Any]]) -> str:
+    """The export as CSV text; a cell a spreadsheet would run as a formula (``=``, ``+``, ``-``,
+    ``@`` first) gets a leading apostrophe."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(EXPORT_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: spreadsheet_safe(v) for k, v in row.items()})
+    return buf.getvalue()
+
+
+def history(session: Session, *, actor: str | None, core: str) -> list[Any]:
+    """Every version of a core's label, oldest first (any active user)."""
+    require(session, actor, "labels.read")
+    return label_history(session, core)
+
+
+def split_summary(session: Session, *, actor: str | None, name: str) -> dict[str, Any]:
+    """``splits.show_split`` for any active user."""
+    require(session, actor, "splits.read")
+    return show_split(session, name)
 
 
 @dataclass(frozen=True)
@@ -107,8 +150,12 @@ def label_snapshot(session: Session, split: str) -> tuple[list[SnapshotItem], st
     return items, digest
 
 
-def stats_summary(session: Session) -> dict[str, Any]:
-    """Agreement statistics over the initial votes (each pathologist's latest initial vote)."""
+def stats_summary(session: Session, *, actor: str | None) -> dict[str, Any]:
+    """Agreement statistics over the initial votes (each pathologist's latest initial vote).
+
+    Per-pathologist figures: lab managers, engineers and admins only.
+    """
+    require(session, actor, "stats.read")
     votes: dict[str, dict[str, int | None]] = defaultdict(dict)
     q = (
         select(Core.code, User.username, Vote.score)

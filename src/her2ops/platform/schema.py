@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -103,19 +104,29 @@ class Core(Base):
     status: Mapped[str] = mapped_column(String(16), default="ingested")
     failure_reason: Mapped[str | None] = mapped_column(Text)
     needs_consensus: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    #: Bumped with every vote on the core; consensus clears ``needs_consensus`` only if unchanged.
+    votes_version: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     patient: Mapped[Patient] = relationship(back_populates="cores", lazy="raise")
 
 
 class User(Base):
+    """A user. ``password_hash`` is argon2id; ``token_hash`` the sha256 of their personal token."""
+
     __tablename__ = "users"
-    __table_args__ = (CheckConstraint(f"role IN {_in(ROLES)}", name="role"),)
+    __table_args__ = (
+        CheckConstraint(f"role IN {_in(ROLES)}", name="role"),
+        Index("ix_users_token_hash", "token_hash"),
+    )
     id: Mapped[int] = mapped_column(IdType, primary_key=True)
     username: Mapped[str] = mapped_column(String(64), unique=True)
     role: Mapped[str] = mapped_column(String(16))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    password_hash: Mapped[str | None] = mapped_column(String(256))
+    token_hash: Mapped[str | None] = mapped_column(String(64))
+    token_created_at: Mapped[datetime | None] = mapped_column()
 
 
 class Vote(Base):
@@ -131,6 +142,7 @@ class Vote(Base):
             "(round = 'review' AND seq >= 1) OR (round <> 'review' AND seq = 0)", name="seq"
         ),
         UniqueConstraint("core_id", "user_id", "round", "seq"),
+        Index("uq_votes_core_id_import_key", "core_id", "import_key", unique=True),
     )
     id: Mapped[int] = mapped_column(IdType, primary_key=True)
     core_id: Mapped[int] = mapped_column(ForeignKey("cores.id"), index=True)
@@ -141,6 +153,8 @@ class Vote(Base):
     comment: Mapped[str | None] = mapped_column(Text)
     source: Mapped[str | None] = mapped_column(String(256))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: Content key of an imported vote (platform/votes.py); re-imports are recognised by it.
+    import_key: Mapped[str | None] = mapped_column(String(64))
 
 
 class ConsensusLabel(Base):
