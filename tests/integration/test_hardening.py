@@ -123,6 +123,18 @@ def test_values_beyond_column_limits_are_refused_alike(db_url: str, tmp_path: Pa
             cast_vote(s, actor="p1", core="x", score="1+", comment="c" * 2001)
 
 
+def test_split_names_are_checked(db_url: str) -> None:
+    from her2ops.platform.splits import create_split
+
+    seed_users(1)
+    ratios = {"train": 0.6, "val": 0.2, "test": 0.2}
+    with session_scope() as s:
+        for bad in ("", "  ", "a\nb", "x" * 65, "=A1"):
+            with pytest.raises(InvalidRequest, match="bad split name"):
+                create_split(s, actor="lm", name=bad, seed=1, ratios=ratios)
+        create_split(s, actor="lm", name="main-2026.v1", seed=1, ratios=ratios)
+
+
 def test_usernames_are_checked(db_url: str) -> None:
     seed_users(1)
     with session_scope() as s:

@@ -8,6 +8,7 @@ patients that are not in it yet; nobody ever moves.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
@@ -36,6 +37,9 @@ from her2ops.platform.split_rules import (
     validate_ratios,
 )
 from her2ops.scores import SCORE_LABELS
+
+#: Split names (the schema allows 64 characters; no spaces, line breaks or formula prefixes).
+SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def labelled_core_scores(session: Session) -> dict[int, list[tuple[int, int]]]:
@@ -91,6 +95,11 @@ def create_split(
     later assigns new patients by the usual proportional rule."""
     user = require(session, actor, "splits.write")
     validate_ratios(ratios)
+    if not SPLIT_NAME.match(name):
+        raise InvalidRequest(
+            f"bad split name {name[:70]!r}: 1-64 letters, digits, '.', '_' or '-', starting "
+            "with a letter or digit"
+        )
     existing = session.scalar(select(Split).where(Split.name == name))
     if existing is not None:
         if existing.frozen_at is not None:
