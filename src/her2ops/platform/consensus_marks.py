@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from sqlalchemy import Table, bindparam, update
+from sqlalchemy import text, tuple_, update
 from sqlalchemy.orm import Session
 
 from her2ops.platform.schema import Core
@@ -32,14 +32,29 @@ def mark_needs_consensus(session: Session, core_ids: Iterable[int]) -> None:
 
 
 def clear_needs_consensus(session: Session, seen: Mapping[int, int]) -> None:
-    """Clear the mark of each core whose counter is still ``seen[core_id]``."""
-    table = Core.__table__
-    assert isinstance(table, Table)
-    stmt = (
-        update(table)
-        .where(table.c.id == bindparam("b_id"), table.c.votes_version == bindparam("b_version"))
-        .values(needs_consensus=False)
-    )
-    rows = [{"b_id": cid, "b_version": ver} for cid, ver in sorted(seen.items())]
-    for i in range(0, len(rows), CHUNK):
-        session.connection().execute(stmt, rows[i : i + CHUNK])
+    """Clear the mark of each core whose counter is still ``seen[core_id]``.
+
+    PostgreSQL: one ``UPDATE ... FROM unnest(ids, versions)`` per chunk (two array parameters,
+    as fast as the plain clear); elsewhere ``WHERE (id, votes_version) IN (...)`` row values.
+    """
+    pairs = sorted(seen.items())
+    postgres = session.get_bind().dialect.name == "postgresql"
+    for i in range(0, len(pairs), CHUNK):
+        chunk = pairs[i : i + CHUNK]
+        if postgres:
+            session.execute(
+                text(
+                    "UPDATE cores SET needs_consensus = false "
+                    "FROM unnest(CAST(:ids AS bigint[]), CAST(:versions AS integer[])) "
+                    "AS seen(id, version) "
+                    "WHERE cores.id = seen.id AND cores.votes_version = seen.version"
+                ),
+                {"ids": [c for c, _ in chunk], "versions": [v for _, v in chunk]},
+            )
+        else:
+            session.execute(
+                update(Core)
+                .where(tuple_(Core.id, Core.votes_version).in_(chunk))
+                .values(needs_consensus=False)
+                .execution_options(synchronize_session=False)
+            )
