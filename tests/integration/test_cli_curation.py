@@ -134,6 +134,8 @@ def test_db_commands(blank_db_url: str, monkeypatch: pytest.MonkeyPatch) -> None
     assert "current: none" in run("db", "current")
     run("db", "upgrade")
     assert "current: 0" in run("db", "current")
+    out = run("users", "add", "boss", "--role", "admin", ok=False)
+    assert "the first user needs a password here" in out
     add_user("boss", "admin", None)
     boss = token_of("boss")
     add_user("lm", "lab_manager", boss)

@@ -23,7 +23,7 @@ from her2ops.platform.consensus import apply_consensus
 from her2ops.platform.db import session_scope
 from her2ops.platform.schema import ConsensusLabel, Core, Patient, User, Vote
 from her2ops.platform.votes import import_votes
-from tests.factories import seed_users, write_csv
+from tests.factories import make_manifest, seed_users, write_csv
 
 pytestmark = pytest.mark.postgres
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -189,3 +189,29 @@ def test_colliding_imports_and_consensus_runs_retry_without_traceback(
     with session_scope() as s:
         versions = s.execute(select(ConsensusLabel.core_id, ConsensusLabel.version)).all()
     assert sorted(v for _, v in versions) == [1] * len(cores)  # one label each, no duplicate
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_colliding_ingests_retry_without_traceback(db_url: str, tmp_path: Path) -> None:
+    """Two ingests of overlapping manifests both decide to create the same patients and cores;
+    the one that loses the race retries and finds them already present."""
+    seed_users(1)
+    lm = _token("lm")
+    first = make_manifest(tmp_path / "a", 6)
+    second = make_manifest(tmp_path / "b", 6, seed0=3)  # cores 3..5 and patient 1..2 overlap
+    lock = _lock(db_url, "patients")
+    try:
+        procs = [
+            _cli(db_url, lm, "--as", "lm", "ingest", str(m), "--json") for m in (first, second)
+        ]
+        _wait_for_waiters(lock, "patients", 2)
+    finally:
+        lock.commit()
+        lock.close()
+    outs = [_finish(p)[0] for p in procs]
+    assert "already_present" in outs[0] + outs[1]
+    with session_scope() as s:
+        codes = sorted(s.scalars(select(Core.code)))
+        patients = sorted(s.scalars(select(Patient.code)))
+    assert codes == [f"C{i:05d}" for i in range(9)]
+    assert patients == [f"P{i:04d}" for i in range(5)]
