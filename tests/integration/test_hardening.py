@@ -76,6 +76,11 @@ def test_reads_check_the_acting_user(db_url: str, tmp_path: Path) -> None:
             export_rows(s, actor="ghost")
         with pytest.raises(PermissionDenied, match="no acting user"):
             export_rows(s, actor=None)
+    from her2ops.pipelines.models import list_models
+
+    with pytest.raises(PermissionDenied, match="no acting user"):
+        list_models(actor=None)
+    assert list_models(actor="p1") == []
 
 
 # --- 8. silent acceptance ---------------------------------------------------------------------

@@ -154,7 +154,7 @@ def main() -> None:
         )
         banner("9. Promote to champion and score cores")
         her2ops("models", "promote", "challenger", user="eng")
-        her2ops("models", "list")
+        her2ops("models", "list", user="eng")
         her2ops("score", "--model", "champion", "--core", first_core, user="eng")
     her2ops("labels", "export", "--split", "main", "--out", ROOT / "labels.csv", user="lab")
 

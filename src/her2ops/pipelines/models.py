@@ -20,6 +20,7 @@ def list_models(*, actor: str | None) -> list[dict[str, Any]]:
     """Registered versions with lineage and headline metrics, newest first."""
     rt = get_runtime()
     with rt.session() as s:
+        require(s, actor, "models.read")
         return list_versions(s, name=rt.settings.registered_model_name)
 
 

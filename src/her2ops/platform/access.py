@@ -27,6 +27,7 @@ PERMISSIONS: dict[str, tuple[str, ...]] = {
     "labels.read": ("pathologist", "lab_manager", "engineer"),
     "splits.read": ("pathologist", "lab_manager", "engineer"),
     "users.list": ("pathologist", "lab_manager", "engineer"),
+    "models.read": ("pathologist", "lab_manager", "engineer"),
     "votes.read_all": ("lab_manager", "engineer"),
     "stats.read": ("lab_manager", "engineer"),
     # Destructive: only an admin (and the caller asks for an explicit confirmation).
