@@ -56,7 +56,8 @@ def _create_engine(url: str) -> Engine:
     else:
         kwargs["pool_pre_ping"] = True
         # An unreachable server fails in seconds instead of hanging on the OS's TCP timeout.
-        kwargs["connect_args"] = {"connect_timeout": get_settings().db_connect_timeout_s}
+        if "connect_timeout" not in parsed.query:  # the URL's own value wins
+            kwargs["connect_args"] = {"connect_timeout": get_settings().db_connect_timeout_s}
     try:
         engine = create_engine(parsed, **kwargs)
     except (ArgumentError, ImportError) as exc:
