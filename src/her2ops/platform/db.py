@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+class Collision(Conflict):
+    """A transaction collided with a concurrent one (lock timeout, deadlock, serialization)."""
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     # WAL lets the dashboard read while a worker writes; foreign keys are off by default in SQLite.
@@ -100,8 +104,12 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
         session.commit()
     except OperationalError as exc:
         session.rollback()
-        if is_transient(exc):
-            raise  # a lock timeout, deadlock or serialization failure: the caller may retry
+        if is_transient(exc):  # a lock timeout, deadlock or serialization failure
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+            raise Collision(
+                f"the database is busy with a concurrent change ({reason}); nothing was "
+                "written, run it again"
+            ) from exc
         raise _config_error("database error at", make_url(url), exc) from exc
     except BaseException:
         session.rollback()
@@ -155,10 +163,11 @@ def run_in_transaction(
         try:
             with session_scope(url) as session:
                 return work(session)
-        except DBAPIError as exc:
-            if not is_transient(exc):
+        except (DBAPIError, Collision) as exc:
+            cause = exc.__cause__ if isinstance(exc, Collision) else exc
+            if not isinstance(cause, DBAPIError) or not is_transient(cause):
                 raise
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+            reason = str(cause.orig).strip().splitlines()[0] if cause.orig else type(exc).__name__
             if attempt == attempts:
                 raise Conflict(
                     f"{what} collided with concurrent changes on each of {attempts} tries and "

@@ -10,7 +10,9 @@ order, blank lines or repeated rows changes nothing:
   file order (repeats of the same score and comment in a row collapsed), form a sequence; each
   vote's ``import_key`` is a hash of the sequence up to it. A sequence or a beginning of it that
   is already recorded is not appended again; only what follows it is. (So a file that only
-  repeats an *earlier* review opinion of a pathologist records nothing: cast it instead.)
+  repeats an *earlier* review opinion of a pathologist records nothing: cast it instead. And a
+  review row skipped with ``--skip-invalid``, fixed and imported again, changes that sequence:
+  the review rows after it on the same core by the same pathologist are appended again.)
 
 Rows that carry no order in time (initial and adjudication votes) are written in a canonical
 order before the review rows, so reordering them changes nothing either.
