@@ -43,20 +43,27 @@ comments = st.sampled_from(["", "", "fine", "weak staining", "=SUM(A1)", "a, b"]
 
 @st.composite
 def vote_files(draw: st.DrawFn) -> list[dict[str, str]]:
-    """Rows of a valid vote file on cores c0..c3 (without the per-example prefix)."""
+    """Rows of a valid vote file on cores c0..c3 (without the per-example prefix).
+
+    c0 and c1 may be disputed (p1 and p2 disagree) and then adjudicated by p4, from outside the
+    panel, as the label policy asks; c2 and c3 get random initial votes and review votes.
+    """
     rows: list[dict[str, str]] = []
-    for core in range(4):
+    for core in (0, 1):
+        if draw(st.booleans()):
+            rows.append(_row(core, "p1", "0", "initial", draw(comments)))
+            rows.append(_row(core, "p2", "2+", "initial", draw(comments)))
+            if draw(st.booleans()):
+                rows.append(_row(core, "p4", draw(st.sampled_from(SCORES)), "adjudication", ""))
+    for core in (2, 3):
         for who in PATHOLOGISTS:
             if draw(st.booleans()):
                 rows.append(
                     _row(core, who, draw(st.sampled_from(SCORES)), "initial", draw(comments))
                 )
-        if draw(st.integers(0, 4)) == 0:
-            who = draw(st.sampled_from(PATHOLOGISTS))
-            rows.append(_row(core, who, draw(st.sampled_from(SCORES)), "adjudication", ""))
     reviews = draw(
         st.lists(
-            st.tuples(st.integers(0, 3), st.sampled_from(PATHOLOGISTS), st.sampled_from(SCORES)),
+            st.tuples(st.integers(2, 3), st.sampled_from(PATHOLOGISTS), st.sampled_from(SCORES)),
             max_size=6,
         )
     )
@@ -146,7 +153,7 @@ def _users_once() -> None:
     with session_scope() as s:
         if s.scalar(select(User).where(User.username == "lm")) is not None:
             return
-    seed_users(len(PATHOLOGISTS))
+    seed_users(len(PATHOLOGISTS) + 1)  # p4 adjudicates
 
 
 def _cores(prefix: str) -> None:

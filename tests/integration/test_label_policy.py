@@ -203,8 +203,14 @@ def test_adjudicator_rule_can_be_switched_off(
     assert _status("C00000") == ("adjudicated", 3)
 
 
-def test_cli_policy_reopen_and_balanced_split(db_url: str, tmp_path: Path) -> None:
+def test_cli_policy_reopen_and_balanced_split(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from typer.testing import CliRunner
+
+    # the label policy, not credentials (those: test_cli_curation, test_hardening)
+    monkeypatch.setenv("HER2OPS_REQUIRE_CREDENTIALS", "false")
+    get_settings.cache_clear()
 
     from her2ops.cli import app
 

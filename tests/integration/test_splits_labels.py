@@ -131,7 +131,7 @@ def test_balanced_test_split_and_class_counts(db_url: str) -> None:
         create_split(s, actor="lm", name="plain", seed=5, ratios=RATIOS)
     with session_scope() as s:
         bal, plain = show_split(s, "bal"), show_split(s, "plain")
-        rows = export_rows(s, split="bal")
+        rows = export_rows(s, actor="lm", split="bal")
     # class counts per partition, checked against the exported labels
     for part, counts in bal["class_counts"].items():
         exported = [r["score"] for r in rows if r["partition"] == part]
