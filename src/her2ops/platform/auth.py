@@ -32,6 +32,7 @@ MIN_PASSWORD = 10
 MAX_PASSWORD = 1024
 TOKEN_PREFIX = "h2o_"
 _HASHER = PasswordHasher()  # argon2id with the library's current recommended parameters
+_DUMMY = _HASHER.hash("not a password of anyone")  # equal work for unknown users (timing)
 
 
 def validate_password(password: str) -> None:
@@ -51,9 +52,12 @@ def hash_password(password: str) -> str:
 
 def check_password(user: User, password: str) -> bool:
     """Whether ``password`` is ``user``'s (constant time; False when none is set)."""
-    if not user.password_hash or not password:
+    if not password:
         return False
     try:
+        if not user.password_hash:
+            _HASHER.verify(_DUMMY, password)  # the same work, so timing tells nothing
+            return False
         return _HASHER.verify(user.password_hash, password)
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
@@ -80,7 +84,10 @@ def set_password(session: Session, *, actor: str | None, username: str, password
 def issue_token(session: Session, *, username: str, password: str) -> str:
     """Check the password and return a new personal token (only its hash is stored)."""
     user = session.scalar(select(User).where(User.username == username))
-    if user is None or not user.active or not check_password(user, password):
+    if user is None or not user.active:
+        check_password(User(username="", role="pathologist"), password)  # timing
+        raise PermissionDenied(f"wrong user name or password for {username!r}")
+    if not check_password(user, password):
         raise PermissionDenied(f"wrong user name or password for {username!r}")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     user.token_hash = token_digest(token)
@@ -105,6 +112,8 @@ def resolve_actor(session: Session, username: str | None, credential: str | None
         raise denied
     user = session.scalar(select(User).where(User.username == username))
     if user is None or not user.active:
+        if not credential.startswith(TOKEN_PREFIX):
+            check_password(User(username="", role="pathologist"), credential)  # timing
         raise denied
     if credential.startswith(TOKEN_PREFIX):
         if user.token_hash and hmac.compare_digest(user.token_hash, token_digest(credential)):
