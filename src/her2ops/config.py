@@ -223,6 +223,47 @@ class Settings(BaseSettings):
             "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
         }
 
+    # --- background jobs (Celery workers; see the README's "Workers") ---
+    broker_url: str | None = Field(
+        default=None,
+        description="Celery broker. Default: kombu's SQLAlchemy transport on a SQLite file "
+        "DATA_DIR/broker.sqlite (no server). Production: redis://host:6379/0",
+    )
+    broker_key_prefix: str = Field(
+        default="", description="Prefix of every Redis key of the broker (share one Redis)."
+    )
+    broker_visibility_timeout: int = Field(
+        default=86_400,
+        ge=60,
+        description="Seconds before Redis re-delivers an unacknowledged message; longer than "
+        "the longest job (crash recovery is the job lease's business, not this).",
+    )
+    job_lease_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="A running job's lease; its worker renews it every third of this. A job "
+        "whose lease expired is given to another worker (or failed after max attempts).",
+    )
+    job_max_attempts: int = Field(default=3, ge=1, description="Attempts before a job fails.")
+    job_redispatch_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="The dispatcher re-sends a queued job's message after this many seconds "
+        "(a message lost by the broker); duplicates are harmless.",
+    )
+    dispatcher_interval_seconds: float = Field(
+        default=5.0, gt=0, description="How often the dispatcher looks at the jobs table."
+    )
+    jobs_selftest: bool = Field(
+        default=False, description="Enable the internal 'selftest' job kind (fault tests only)."
+    )
+
+    @property
+    def resolved_broker_url(self) -> str:
+        if self.broker_url:
+            return self.broker_url
+        return f"sqla+sqlite:///{(self.data_dir / 'broker.sqlite').resolve()}"
+
 
 def _one_line(exc: ValidationError) -> str:
     parts = []

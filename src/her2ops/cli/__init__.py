@@ -5,12 +5,13 @@ from __future__ import annotations
 # Importing the command modules registers their commands on ``app``.
 from her2ops.cli import curation as _curation
 from her2ops.cli import imaging as _imaging
+from her2ops.cli import jobs as _jobs
 from her2ops.cli import model as _model
 from her2ops.cli import pipeline as _pipeline
 from her2ops.cli import synth as _synth
 from her2ops.cli._app import app
 
-_COMMAND_MODULES = (_curation, _imaging, _model, _pipeline, _synth)
+_COMMAND_MODULES = (_curation, _imaging, _jobs, _model, _pipeline, _synth)
 
 
 def main() -> None:

@@ -274,3 +274,49 @@ class Prediction(Base):
     kcs_indices: Mapped[list[int]] = mapped_column(JSON)
     seconds: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+
+
+class Job(Base):
+    """One piece of background work; the source of truth that Celery messages only point at.
+
+    ``idempotency_key`` makes a second submission of the same work return this row. A worker
+    holds the job while ``lease_expires_at`` is in the future; each claim increments
+    ``fencing_token`` and every write a worker makes names its token in the same statement, so a
+    worker whose lease expired cannot overwrite the work of the one that took over.
+    ``dispatched_at`` is NULL until a message was sent: the dispatcher's outbox.
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint(f"status IN {_in(JOB_STATUSES)}", name="status"),
+        CheckConstraint("attempts >= 0 AND max_attempts >= 1", name="attempts"),
+        Index("ix_jobs_status_lease", "status", "lease_expires_at"),
+    )
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), index=True)
+    queue: Mapped[str] = mapped_column(String(32))
+    params: Mapped[dict[str, object]] = mapped_column(JSON)
+    idempotency_key: Mapped[str] = mapped_column(String(256), unique=True)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    progress_done: Mapped[int | None] = mapped_column(Integer)
+    progress_total: Mapped[int | None] = mapped_column(Integer)
+    progress_message: Mapped[str | None] = mapped_column(Text)
+    progress_at: Mapped[datetime | None] = mapped_column()
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    worker: Mapped[str | None] = mapped_column(String(256))
+    lease_expires_at: Mapped[datetime | None] = mapped_column()
+    fencing_token: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    result: Mapped[dict[str, object] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    error_detail: Mapped[str | None] = mapped_column(Text)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    dispatched_at: Mapped[datetime | None] = mapped_column()
+    started_at: Mapped[datetime | None] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column()

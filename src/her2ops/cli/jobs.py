@@ -1,0 +1,288 @@
+"""Background work: ``her2ops worker``, ``her2ops dispatcher`` and ``her2ops jobs ...``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from typing import Annotated, Any
+
+import typer
+
+from her2ops.cli._app import actor, app, domain_errors, emit_json, ensure_database, fail
+
+jobs_app = typer.Typer(help="Background jobs (the jobs table).", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+JobId = Annotated[int, typer.Argument(help="Job id.")]
+
+
+def _parse_params(items: list[str] | None) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            fail(f"--param {item!r}: expected NAME=VALUE")
+        if name.strip() in params:
+            fail(f"--param {name.strip()} given twice")
+        params[name.strip()] = value.strip()
+    return params
+
+
+def _progress_text(view: dict[str, Any]) -> str:
+    p = view["progress"]
+    if p["done"] is None:
+        return ""
+    total = f"/{p['total']}" if p["total"] is not None else ""
+    return f"{p['message'] or ''} {p['done']}{total}".strip()
+
+
+def _line(view: dict[str, Any]) -> str:
+    parts = [
+        f"job {view['id']}",
+        view["kind"],
+        view["status"],
+        f"attempt {view['attempts']}/{view['max_attempts']}",
+    ]
+    if view["status"] == "running" and view["worker"]:
+        parts.append(f"on {view['worker']}")
+    progress = _progress_text(view)
+    if progress and view["status"] == "running":
+        parts.append(progress)
+    if view["error"]:
+        parts.append(f"error: {view['error']}")
+    return "  ".join(parts)
+
+
+def _show(view: dict[str, Any]) -> None:
+    typer.echo(_line(view))
+    for name in ("queue", "key", "created_by", "created_at", "started_at", "finished_at"):
+        if view.get(name) is not None:
+            typer.echo(f"  {name}: {view[name]}")
+    if view["seconds"] is not None:
+        typer.echo(f"  seconds: {view['seconds']:.1f}")
+    typer.echo(f"  params: {view['params']}")
+    if view["result"] is not None:
+        typer.echo(f"  result: {view['result']}")
+    if view["error_detail"]:
+        typer.echo("  traceback:\n" + view["error_detail"].rstrip())
+
+
+def _wait(job_id: int, timeout: float | None, json_out: bool) -> None:
+    from her2ops.pipelines.jobs import show_job
+    from her2ops.platform.jobs import DONE
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    last = ""
+    while True:
+        with domain_errors():
+            view = show_job(actor=actor(), job_id=job_id)
+        line = _line(view)
+        if not json_out and line != last:
+            typer.echo(line, err=True)
+            last = line
+        if view["status"] in DONE:
+            break
+        if deadline is not None and time.monotonic() >= deadline:
+            if json_out:
+                emit_json(view)
+            fail(f"job {job_id} is still {view['status']} after {timeout:g} s", code=2)
+        time.sleep(0.5)
+    if json_out:
+        emit_json(view)
+    elif view["status"] == "succeeded":
+        typer.echo(f"  result: {view['result']}")
+    if view["status"] != "succeeded":
+        raise typer.Exit(1)
+
+
+@jobs_app.command("submit")
+def submit(
+    kind: Annotated[str, typer.Argument(help="train, score, evaluate.")],
+    param: Annotated[
+        list[str] | None,
+        typer.Option("--param", "-p", help="NAME=VALUE (repeatable); lists comma-separated."),
+    ] = None,
+    key: Annotated[
+        str | None, typer.Option(help="Idempotency key (default: kind + parameters).")
+    ] = None,
+    max_attempts: Annotated[int | None, typer.Option(help="Attempts before failing.")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait until the job ends.")] = False,
+    timeout: Annotated[float | None, typer.Option(help="With --wait: give up after S.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Submit a job (checked now; runs on a worker). The same work twice gives the same job."""
+    from her2ops.pipelines.jobs import submit_job
+
+    ensure_database()
+    with domain_errors():
+        view = submit_job(
+            actor=actor(),
+            kind=kind,
+            params=_parse_params(param),
+            key=key,
+            max_attempts=max_attempts,
+        )
+    if wait:
+        if not json_out:
+            typer.echo(f"job {view['id']} {'submitted' if view['created'] else 'exists'}")
+        _wait(view["id"], timeout, json_out)
+        return
+    if json_out:
+        emit_json(view)
+        return
+    what = "submitted" if view["created"] else "already submitted"
+    typer.echo(f"job {view['id']} ({view['kind']}, queue {view['queue']}) {what}: {view['status']}")
+
+
+@jobs_app.command("list")
+def list_(
+    status: Annotated[
+        list[str] | None, typer.Option("--status", help="queued, running, ... (repeatable).")
+    ] = None,
+    kind: Annotated[str | None, typer.Option(help="Only this kind.")] = None,
+    limit: Annotated[int, typer.Option(help="Newest N.")] = 50,
+    json_out: JsonOpt = False,
+) -> None:
+    """Jobs, newest first."""
+    from her2ops.pipelines.jobs import list_jobs
+
+    ensure_database()
+    with domain_errors():
+        views = list_jobs(actor=actor(), status=status, kind=kind, limit=limit)
+    if json_out:
+        emit_json(views)
+        return
+    for view in views:
+        typer.echo(_line(view))
+
+
+@jobs_app.command("show")
+def show(job_id: JobId, json_out: JsonOpt = False) -> None:
+    """One job: status, progress, attempts, worker, timings, result or error."""
+    from her2ops.pipelines.jobs import show_job
+
+    ensure_database()
+    with domain_errors():
+        view = show_job(actor=actor(), job_id=job_id)
+    if json_out:
+        emit_json(view)
+    else:
+        _show(view)
+
+
+@jobs_app.command("cancel")
+def cancel(job_id: JobId, json_out: JsonOpt = False) -> None:
+    """Cancel a queued job, or ask a running one to stop at its next progress report."""
+    from her2ops.pipelines.jobs import cancel_job
+
+    ensure_database()
+    with domain_errors():
+        view = cancel_job(actor=actor(), job_id=job_id)
+    if json_out:
+        emit_json(view)
+    elif view["status"] == "cancelled":
+        typer.echo(f"job {job_id} cancelled")
+    else:
+        typer.echo(f"job {job_id} is {view['status']}: asked its worker to stop")
+
+
+@jobs_app.command("retry")
+def retry(job_id: JobId, json_out: JsonOpt = False) -> None:
+    """Queue a failed job again with fresh attempts."""
+    from her2ops.pipelines.jobs import retry_job
+
+    ensure_database()
+    with domain_errors():
+        view = retry_job(actor=actor(), job_id=job_id)
+    if json_out:
+        emit_json(view)
+    else:
+        typer.echo(f"job {job_id} queued again")
+
+
+@jobs_app.command("wait")
+def wait_cmd(
+    job_id: JobId,
+    timeout: Annotated[float | None, typer.Option(help="Give up after S seconds (exit 2).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Wait for a job to end; exit 0 if it succeeded, 1 if it failed or was cancelled."""
+    ensure_database()
+    _wait(job_id, timeout, json_out)
+
+
+@app.command("worker")
+def worker(
+    queues: Annotated[str, typer.Option(help="Comma-separated queues: gpu, cpu.")] = "gpu,cpu",
+    concurrency: Annotated[int, typer.Option(help="Jobs at a time (processes).")] = 1,
+    name: Annotated[str | None, typer.Option(help="Worker name (default her2ops-PID@host).")] = (
+        None
+    ),
+    pool: Annotated[str, typer.Option(help="Celery pool: prefork, solo or threads.")] = "prefork",
+    dispatcher: Annotated[
+        bool, typer.Option(help="Also run a dispatcher process beside the worker.")
+    ] = True,
+    loglevel: Annotated[str, typer.Option(help="Log level.")] = "INFO",
+) -> None:
+    """Start a Celery worker on the configured broker (HER2OPS_BROKER_URL)."""
+    from her2ops.platform.broker import QUEUES
+
+    chosen = [q.strip() for q in queues.split(",") if q.strip()]
+    bad = [q for q in chosen if q not in QUEUES]
+    if bad or not chosen:
+        fail(f"unknown queue(s) {', '.join(bad) or '(none)'}; use {', '.join(QUEUES)}")
+    if concurrency < 1:
+        fail("--concurrency must be at least 1")
+    if pool not in ("prefork", "solo", "threads"):
+        fail(f"unknown pool {pool!r}; use prefork, solo or threads")
+    ensure_database()
+    from her2ops.workers.celery_app import app as celery
+
+    helper = None
+    if dispatcher:
+        helper = subprocess.Popen(
+            [sys.executable, "-m", "her2ops", "dispatcher", "--exit-with", str(os.getpid())]
+        )
+    try:
+        celery.worker_main(
+            [
+                "worker",
+                f"--queues={','.join(chosen)}",
+                f"--concurrency={concurrency}",
+                f"--pool={pool}",
+                f"--hostname={name or f'her2ops-{os.getpid()}@%h'}",
+                f"--loglevel={loglevel}",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ]
+        )
+    finally:
+        if helper is not None:
+            helper.terminate()
+            try:
+                helper.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                helper.kill()
+
+
+@app.command("dispatcher")
+def dispatcher_cmd(
+    interval: Annotated[
+        float | None, typer.Option(help="Seconds between rounds (HER2OPS_DISPATCHER_INTERVAL...).")
+    ] = None,
+    once: Annotated[bool, typer.Option("--once", help="One round, then exit.")] = False,
+    exit_with: Annotated[int | None, typer.Option(hidden=True)] = None,
+) -> None:
+    """Expire lost workers' leases and send queued jobs' messages (runs until stopped)."""
+    import logging
+
+    from her2ops.workers.dispatcher import run_dispatcher
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    ensure_database()
+    with domain_errors():
+        run_dispatcher(interval=interval, exit_with=exit_with, once=once)

@@ -1,0 +1,385 @@
+"""The kinds of background job: their parameters, their checks at submit time, their use case.
+
+Everything a job needs is checked when it is submitted (unknown kind or parameter, a model,
+split or core that does not exist, values out of range), so a job never fails minutes later for
+a reason known at submit time. Parameters are normalised (types converted, a model alias
+resolved to its version number), which also makes the idempotency key stable: "score with the
+champion" means the version that is champion when the job is submitted.
+
+``selftest`` is an internal kind for the fault tests (``HER2OPS_JOBS_SELFTEST=1``): it sleeps,
+raises or kills its own process, and needs no torch.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from her2ops.config import get_settings
+from her2ops.errors import InvalidRequest, NotFound
+from her2ops.pipelines.progress import Progress
+from her2ops.platform.access import require
+from her2ops.platform.broker import KIND_QUEUES
+from her2ops.platform.labels import label_snapshot
+from her2ops.platform.registry import resolve_ref
+from her2ops.platform.schema import PARTITIONS, Core
+from her2ops.platform.splits import get_split
+from her2ops.profiles import get_profile
+
+#: Kinds the table knows but no worker runs yet (submit refuses them with this message).
+PLANNED = ("study", "ensemble", "flags", "retrain")
+CONFIDENCES = ("margin", "max", "entropy")  # her2ops.models.inference.CONFIDENCES (no torch here)
+
+
+def _int(v: Any) -> int:
+    if isinstance(v, bool):
+        raise ValueError("not an integer")
+    return int(v)
+
+
+def _bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    text = str(v).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("not a boolean")
+
+
+def _str_list(v: Any) -> list[str]:
+    items = v if isinstance(v, list) else str(v).split(",")
+    out = [str(i).strip() for i in items if str(i).strip()]
+    if not out:
+        raise ValueError("empty list")
+    return out
+
+
+@dataclass(frozen=True)
+class Param:
+    convert: Callable[[Any], Any]
+    help: str
+    type_name: str
+
+
+INT = lambda h: Param(_int, h, "integer")  # noqa: E731
+FLOAT = lambda h: Param(float, h, "number")  # noqa: E731
+STR = lambda h: Param(str, h, "text")  # noqa: E731
+BOOL = lambda h: Param(_bool, h, "true/false")  # noqa: E731
+LIST = lambda h: Param(_str_list, h, "comma-separated list")  # noqa: E731
+
+
+Runner = Callable[[str | None, dict[str, Any], Progress], dict[str, Any]]
+Validator = Callable[[Session, str | None, dict[str, Any]], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class JobKind:
+    name: str
+    params: dict[str, Param]
+    validate: Validator
+    run: Runner
+    permission: str
+    required: tuple[str, ...] = field(default=())
+
+    @property
+    def queue(self) -> str:
+        return KIND_QUEUES[self.name]
+
+
+def _progress_arg(fn: Callable[..., Any], progress: Progress) -> Any:
+    """Pass the callback, or ``False`` to a use case still on the older ``progress: bool``."""
+    default = inspect.signature(fn).parameters["progress"].default
+    return False if isinstance(default, bool) else progress
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe copy of a use case's result (numpy scalars, paths, dates become plain)."""
+    import json
+
+    return json.loads(
+        json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o))
+    )
+
+
+# --- validation helpers -------------------------------------------------------------------
+
+
+def _check_range(params: dict[str, Any], name: str, low: float) -> None:
+    if name in params and params[name] < low:
+        raise InvalidRequest(f"parameter {name}={params[name]} must be at least {low:g}")
+
+
+def _resolve_model(session: Session, params: dict[str, Any]) -> Any:
+    mv = resolve_ref(session, str(params["model"]), name=get_settings().registered_model_name)
+    params["model"] = str(mv.version)
+    return mv
+
+
+def _check_protocol(params: dict[str, Any], profile_name: str) -> None:
+    profile = get_profile(profile_name)
+    n = params.get("n_sets", profile.n_sets)
+    k = params.get("top_k", profile.top_k)
+    _check_range(params, "n_sets", 1)
+    _check_range(params, "top_k", 1)
+    if not 1 <= k <= n:
+        raise InvalidRequest(f"top_k {k} must be between 1 and n_sets {n}")
+    if params.get("confidence", "margin") not in CONFIDENCES:
+        raise InvalidRequest(
+            f"unknown confidence {params['confidence']!r}; use one of {', '.join(CONFIDENCES)}"
+        )
+
+
+def _validate_train(session: Session, actor: str | None, p: dict[str, Any]) -> dict[str, Any]:
+    get_split(session, p["split"])
+    p.setdefault("profile", "paper")
+    try:
+        get_profile(p["profile"])
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
+    _check_range(p, "epochs", 1)
+    return p
+
+
+def _validate_score(session: Session, actor: str | None, p: dict[str, Any]) -> dict[str, Any]:
+    mv = _resolve_model(session, p)
+    _check_protocol(p, mv.profile)
+    if "cores" in p:
+        if "split" in p or "partition" in p:
+            raise InvalidRequest("give either cores or split + partition, not both")
+        codes = p["cores"]
+        found = set(session.scalars(select(Core.code).where(Core.code.in_(codes))))
+        missing = [c for c in codes if c not in found]
+        if missing:
+            shown = ", ".join(missing[:10]) + (
+                f" and {len(missing) - 10} more" * (len(missing) > 10)
+            )
+            raise NotFound(f"unknown core(s): {shown}")
+    elif "split" in p and "partition" in p:
+        get_split(session, p["split"])
+        if p["partition"] not in PARTITIONS:
+            raise InvalidRequest(
+                f"unknown partition {p['partition']!r}; use one of {', '.join(PARTITIONS)}"
+            )
+    else:
+        raise InvalidRequest("a score job needs cores=C1,C2,... or split=S and partition=P")
+    return p
+
+
+def _validate_evaluate(session: Session, actor: str | None, p: dict[str, Any]) -> dict[str, Any]:
+    mv = _resolve_model(session, p)
+    _check_protocol(p, mv.profile)
+    p.setdefault("partition", "test")
+    if p["partition"] not in PARTITIONS:
+        raise InvalidRequest(
+            f"unknown partition {p['partition']!r}; use one of {', '.join(PARTITIONS)}"
+        )
+    snapshot, _ = label_snapshot(session, p["split"])
+    if not any(i.partition == p["partition"] for i in snapshot):
+        raise InvalidRequest(
+            f"split {p['split']!r} has no labelled cores in partition {p['partition']!r}"
+        )
+    return p
+
+
+SELFTEST_MODES = ("ok", "raise", "kill", "sleep")
+
+
+def _validate_selftest(session: Session, actor: str | None, p: dict[str, Any]) -> dict[str, Any]:
+    p.setdefault("mode", "ok")
+    if p["mode"] not in SELFTEST_MODES:
+        raise InvalidRequest(f"unknown mode {p['mode']!r}; use one of {', '.join(SELFTEST_MODES)}")
+    _check_range(p, "seconds", 0)
+    return p
+
+
+# --- runners: one use case each -----------------------------------------------------------
+
+
+def _run_train(actor: str | None, p: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    from her2ops.pipelines.train import train_model
+
+    out = train_model(
+        actor=actor,
+        split=p["split"],
+        profile_name=p["profile"],
+        epochs=p.get("epochs"),
+        resume_run=p.get("resume_run"),
+        seed=p.get("seed", 0),
+        device=p.get("device"),
+        progress=_progress_arg(train_model, progress),
+    )
+    result = _plain(out.to_dict())
+    result.pop("history", None)  # per-epoch curves live in MLflow
+    return result
+
+
+def _run_score(actor: str | None, p: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    from her2ops.pipelines.score import score_cores
+
+    report = score_cores(
+        actor=actor,
+        model_ref=p["model"],
+        cores=p.get("cores"),
+        split=p.get("split"),
+        partition=p.get("partition"),
+        n_sets=p.get("n_sets"),
+        top_k=p.get("top_k"),
+        seed=p.get("seed", 0),
+        confidence=p.get("confidence", "margin"),
+        device=p.get("device"),
+        progress=_progress_arg(score_cores, progress),
+    )
+    result = _plain(report.to_dict())
+    result.pop("rows", None)  # the predictions table holds them
+    return result
+
+
+def _run_evaluate(actor: str | None, p: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    from her2ops.pipelines.evaluate import evaluate_model
+
+    out = evaluate_model(
+        actor=actor,
+        model_ref=p["model"],
+        split=p["split"],
+        partition=p.get("partition", "test"),
+        n_sets=p.get("n_sets"),
+        top_k=p.get("top_k"),
+        seed=p.get("seed", 0),
+        confidence=p.get("confidence", "margin"),
+        device=p.get("device"),
+        study=p.get("study", False),
+        progress=_progress_arg(evaluate_model, progress),
+    )
+    return dict(_plain(out))
+
+
+def run_selftest(actor: str | None, p: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    """Sleep (reporting progress), raise, or SIGKILL the process that runs it."""
+    mode = p.get("mode", "ok")
+    if mode == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if mode == "raise":
+        raise RuntimeError("selftest: raised as asked")
+    seconds = float(p.get("seconds", 0.0))
+    steps = max(1, int(seconds / 0.1))
+    for i in range(steps):
+        progress(i, steps, "sleeping")
+        time.sleep(seconds / steps)
+    progress(steps, steps, "sleeping")
+    return {"mode": mode, "pid": os.getpid(), "seconds": seconds}
+
+
+_PROTOCOL = {
+    "n_sets": INT("N sets per core (default: the model's profile)"),
+    "top_k": INT("k most confident sets (default: the model's profile)"),
+    "seed": INT("sampling seed (default 0)"),
+    "confidence": STR("margin, max or entropy"),
+    "device": STR("torch device (default: HER2OPS_DEVICE, else cuda if present)"),
+}
+
+KINDS: dict[str, JobKind] = {
+    "train": JobKind(
+        name="train",
+        params={
+            "split": STR("split to train on"),
+            "profile": STR("paper, demo or test (default paper)"),
+            "epochs": INT("override the profile's epochs"),
+            "resume_run": STR("MLflow run id to resume"),
+            "seed": INT("seed (default 0)"),
+            "device": STR("torch device"),
+        },
+        required=("split",),
+        validate=_validate_train,
+        run=_run_train,
+        permission="models.train",
+    ),
+    "score": JobKind(
+        name="score",
+        params={
+            "model": STR("champion, challenger, a version or a run id"),
+            "cores": LIST("core codes"),
+            "split": STR("score this split's..."),
+            "partition": STR("...partition (train, val, test)"),
+            **_PROTOCOL,
+        },
+        required=("model",),
+        validate=_validate_score,
+        run=_run_score,
+        permission="models.score",
+    ),
+    "evaluate": JobKind(
+        name="evaluate",
+        params={
+            "model": STR("champion, challenger, a version or a run id"),
+            "split": STR("split"),
+            "partition": STR("partition (default test)"),
+            "study": BOOL("also run the N/k study"),
+            **_PROTOCOL,
+        },
+        required=("model", "split"),
+        validate=_validate_evaluate,
+        run=_run_evaluate,
+        permission="models.score",
+    ),
+}
+
+SELFTEST = JobKind(
+    name="selftest",
+    params={"mode": STR("ok, raise, kill or sleep"), "seconds": FLOAT("how long to sleep")},
+    validate=_validate_selftest,
+    run=run_selftest,
+    permission="models.score",
+)
+
+
+def available_kinds() -> dict[str, JobKind]:
+    """The kinds this process accepts (``selftest`` only when the setting enables it)."""
+    kinds = dict(KINDS)
+    if get_settings().jobs_selftest:
+        kinds["selftest"] = SELFTEST
+    return kinds
+
+
+def get_kind(name: str) -> JobKind:
+    kinds = available_kinds()
+    if name in kinds:
+        return kinds[name]
+    if name in PLANNED:
+        raise InvalidRequest(f"job kind {name!r} has no worker yet; known: {', '.join(kinds)}")
+    raise InvalidRequest(f"unknown job kind {name!r}; known: {', '.join(kinds)}")
+
+
+def normalise_params(
+    session: Session, kind: JobKind, actor: str | None, raw: dict[str, Any]
+) -> dict[str, Any]:
+    """Convert and check every parameter; the kind's own checks run against the database."""
+    require(session, actor, kind.permission)
+    unknown = sorted(set(raw) - set(kind.params))
+    if unknown:
+        raise InvalidRequest(
+            f"unknown parameter(s) {', '.join(unknown)} for a {kind.name} job; "
+            f"accepted: {', '.join(kind.params)}"
+        )
+    params: dict[str, Any] = {}
+    for name, value in raw.items():
+        spec = kind.params[name]
+        try:
+            params[name] = spec.convert(value)
+        except (TypeError, ValueError):
+            raise InvalidRequest(
+                f"parameter {name}={value!r} is not a {spec.type_name} ({spec.help})"
+            ) from None
+    missing = [r for r in kind.required if r not in params]
+    if missing:
+        raise InvalidRequest(f"a {kind.name} job needs parameter(s) {', '.join(missing)}")
+    return kind.validate(session, actor, params)
