@@ -84,18 +84,24 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-_APPS: dict[str, Celery] = {}
+_APPS: dict[tuple[str, str], Celery] = {}
 
 
 def celery_app(settings: Settings | None = None) -> Celery:
     """The Celery app for the configured broker (one per broker URL)."""
     settings = settings or get_settings()
-    url = settings.resolved_broker_url
-    if url not in _APPS:
+    key = (settings.resolved_broker_url, settings.broker_key_prefix)
+    if key not in _APPS:
         app = Celery("her2ops", set_as_current=False)
         app.conf.update(celery_config(settings))
-        _APPS[url] = app
-    return _APPS[url]
+        _APPS[key] = app
+    return _APPS[key]
+
+
+def queued_messages(queue: str) -> int:
+    """Messages waiting in ``queue`` on the configured broker (tests and diagnostics)."""
+    with celery_app().connection_for_write() as conn:
+        return int(conn.default_channel.queue_declare(queue=queue).message_count)
 
 
 def send(job_id: int, kind: str, queue: str) -> bool:
