@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -96,6 +100,58 @@ def _wait(job_id: int, timeout: float | None, json_out: bool) -> None:
         typer.echo(f"  result: {view['result']}")
     if view["status"] != "succeeded":
         raise typer.Exit(1)
+
+
+def submit_in_background(kind: str, params: dict[str, Any], *, json_out: bool) -> None:
+    """For a foreground command's ``--background``: submit the same work as a job and say so."""
+    from her2ops.pipelines.jobs import submit_job
+
+    ensure_database()
+    with domain_errors():
+        view = submit_job(
+            actor=actor(), kind=kind, params={k: v for k, v in params.items() if v is not None}
+        )
+    if json_out:
+        emit_json(view)
+        return
+    what = "submitted" if view["created"] else "already submitted"
+    typer.echo(f"job {view['id']} ({kind}) {what}; follow it with: her2ops jobs wait {view['id']}")
+
+
+@contextmanager
+def background_worker(*, queues: str = "gpu,cpu", log: Path | None = None) -> Iterator[None]:
+    """Run a real ``her2ops worker`` subprocess for the duration of the block (the demo)."""
+    out = log.open("ab") if log else subprocess.DEVNULL
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "her2ops", "worker", "--queues", queues],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        yield
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        if log:
+            out.close()  # type: ignore[union-attr]
+
+
+def run_as_job(kind: str, params: dict[str, Any], *, timeout: float | None = None) -> Any:
+    """Submit a job, wait for it, return its result; a failed job ends the command."""
+    from her2ops.pipelines.jobs import submit_job, wait_job
+
+    with domain_errors():
+        view = submit_job(actor=actor(), kind=kind, params=params)
+        view = wait_job(actor=actor(), job_id=view["id"], timeout=timeout)
+    if view["status"] != "succeeded":
+        fail(f"job {view['id']} ({kind}) {view['status']}: {view['error'] or 'timed out'}")
+    return view["result"]
 
 
 @jobs_app.command("submit")
