@@ -17,6 +17,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,10 +25,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from her2ops.config import get_settings
-from her2ops.errors import InvalidRequest, NotFound
+from her2ops.errors import Conflict, InvalidRequest, NotFound
 from her2ops.pipelines.progress import Progress
 from her2ops.platform.access import require
 from her2ops.platform.broker import KIND_QUEUES
+from her2ops.platform.db import session_scope
+from her2ops.platform.jobs import Claim, children
 from her2ops.platform.labels import label_snapshot
 from her2ops.platform.registry import resolve_ref
 from her2ops.platform.schema import PARTITIONS, Core
@@ -35,7 +38,20 @@ from her2ops.platform.splits import get_split
 from her2ops.profiles import get_profile
 
 #: Kinds the table knows but no worker runs yet (submit refuses them with this message).
-PLANNED = ("study", "ensemble", "flags", "retrain")
+PLANNED = ("study", "flags", "retrain")
+#: The job a runner is working on (set by ``pipelines.jobs.run_job``), for kinds that fan out.
+CURRENT_JOB: ContextVar[Claim] = ContextVar("her2ops_current_job")
+
+
+class Deferred(Exception):  # a signal, not an error
+    """Raised by a runner that must wait (for its children): re-run it after ``seconds``."""
+
+    def __init__(self, seconds: float, progress: tuple[int, int | None, str]):
+        super().__init__(progress[2])
+        self.seconds = seconds
+        self.progress = progress
+
+
 CONFIDENCES = ("margin", "max", "entropy")  # her2ops.models.inference.CONFIDENCES (no torch here)
 
 
@@ -191,6 +207,14 @@ def _validate_evaluate(session: Session, actor: str | None, p: dict[str, Any]) -
     return p
 
 
+def _validate_ensemble(session: Session, actor: str | None, p: dict[str, Any]) -> dict[str, Any]:
+    require(session, actor, "models.train")  # it submits training jobs
+    p = _validate_train(session, actor, p)
+    if not 2 <= p["members"] <= 50:
+        raise InvalidRequest(f"members={p['members']}: an ensemble has 2 to 50 members")
+    return p
+
+
 SELFTEST_MODES = ("ok", "raise", "kill", "sleep")
 
 
@@ -263,6 +287,54 @@ def _run_evaluate(actor: str | None, p: dict[str, Any], progress: Progress) -> d
     return dict(_plain(out))
 
 
+def _run_ensemble(actor: str | None, p: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    """Fan out one training job per member (seeds ``seed + i``), then wait for them without
+    holding a worker: each look that finds members still training defers this job.
+    """
+    from her2ops.pipelines.jobs import submit_job
+
+    claim = CURRENT_JOB.get()
+    k = p["members"]
+    with session_scope() as s:
+        members = children(s, claim.job_id)
+    if len(members) < k:  # first run (or a crash mid fan-out): the keys make this idempotent
+        for i in range(k):
+            params = {name: p[name] for name in ("split", "profile", "epochs", "device")
+                      if p.get(name) is not None}  # fmt: skip
+            params["seed"] = p.get("seed", 0) + i
+            submit_job(actor=actor, kind="train", params=params, parent_id=claim.job_id,
+                       key=f"ensemble:{claim.job_id}:member:{i}")  # fmt: skip
+        raise Deferred(_ensemble_poll(), (0, k, f"0/{k} members trained"))
+    bad = [m for m in members if m.status in ("failed", "cancelled")]
+    if bad:
+        m = bad[0]
+        raise Conflict(
+            f"member job {m.id} {m.status}: {m.error or 'cancelled'}; retry it "
+            f"(her2ops jobs retry {m.id}), then retry this job"
+        )
+    done = sum(m.status == "succeeded" for m in members)
+    if done < k:
+        raise Deferred(_ensemble_poll(), (done, k, f"{done}/{k} members trained"))
+    versions = [dict(m.result or {}) for m in members]
+    return {
+        "split": p["split"],
+        "profile": p["profile"],
+        "members": [
+            {
+                "job": m.id,
+                "version": v.get("version"),
+                "run_id": v.get("run_id"),
+                "seed": m.params.get("seed"),
+            }
+            for m, v in zip(members, versions, strict=True)
+        ],
+    }
+
+
+def _ensemble_poll() -> float:
+    return max(1.0, 2 * get_settings().dispatcher_interval_seconds)
+
+
 def run_selftest(actor: str | None, p: dict[str, Any], progress: Progress) -> dict[str, Any]:
     """Sleep (reporting progress), raise, or SIGKILL the process that runs it."""
     mode = p.get("mode", "ok")
@@ -330,6 +402,21 @@ KINDS: dict[str, JobKind] = {
         validate=_validate_evaluate,
         run=_run_evaluate,
         permission="models.score",
+    ),
+    "ensemble": JobKind(
+        name="ensemble",
+        params={
+            "split": STR("split to train on"),
+            "members": INT("how many models (2-50)"),
+            "profile": STR("paper, demo or test (default paper)"),
+            "epochs": INT("override the profile's epochs"),
+            "seed": INT("seed of the first member; member i uses seed + i"),
+            "device": STR("torch device"),
+        },
+        required=("split", "members"),
+        validate=_validate_ensemble,
+        run=_run_ensemble,
+        permission="models.train",
     ),
 }
 

@@ -24,7 +24,13 @@ from sqlalchemy import select
 
 from her2ops.config import get_settings
 from her2ops.errors import Her2opsError
-from her2ops.pipelines.job_kinds import available_kinds, get_kind, normalise_params
+from her2ops.pipelines.job_kinds import (
+    CURRENT_JOB,
+    Deferred,
+    available_kinds,
+    get_kind,
+    normalise_params,
+)
 from her2ops.platform import jobs
 from her2ops.platform.access import get_user, require
 from her2ops.platform.broker import send, send_after_commit
@@ -108,6 +114,9 @@ def cancel_job(*, actor: str | None, job_id: int) -> dict[str, Any]:
     with session_scope() as s:
         _require_for(s, actor, jobs.get_job(s, job_id))
         jobs.cancel(s, job_id=job_id, actor=actor)
+        for child in jobs.children(s, job_id):  # an ensemble's members go with it
+            if child.status in jobs.ACTIVE:
+                jobs.cancel(s, job_id=child.id, actor=actor)
     return show_job(actor=actor, job_id=job_id)
 
 
@@ -253,8 +262,22 @@ def _execute(claim: Claim, lease: _Lease) -> str:
     try:
         if claim.kind not in kinds:
             raise Her2opsError(f"this worker does not run {claim.kind!r} jobs")
-        result = kinds[claim.kind].run(claim.actor, claim.params, lease.progress)
+        token = CURRENT_JOB.set(claim)
+        try:
+            result = kinds[claim.kind].run(claim.actor, claim.params, lease.progress)
+        finally:
+            CURRENT_JOB.reset(token)
         lease.check()
+    except Deferred as wait:
+        with session_scope() as s:
+            jobs.defer(
+                s,
+                job_id=claim.job_id,
+                token=claim.token,
+                seconds=wait.seconds,
+                progress=wait.progress,
+            )
+        return "deferred"
     except JobCancelled:
         with session_scope() as s:
             jobs.mark_cancelled(s, job_id=claim.job_id, token=claim.token)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, func, or_, select, update
+from sqlalchemy import Select, and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -166,6 +166,7 @@ def claim(session: Session, *, job_id: int, worker: str, lease_seconds: float) -
             Job.status == "queued",
             Job.attempts < Job.max_attempts,
             Job.cancel_requested.is_(False),
+            or_(Job.run_after.is_(None), Job.run_after <= now),
         )
         .values(
             status="running",
@@ -285,6 +286,45 @@ def fail(
     return "failed"
 
 
+def defer(
+    session: Session,
+    *,
+    job_id: int,
+    token: int,
+    seconds: float,
+    progress: tuple[int, int | None, str] | None = None,
+) -> None:
+    """Put a running job back in the queue until ``seconds`` from now, without using up an
+    attempt (a parent waiting for its children). The dispatcher sends it when it is due.
+    """
+    now = utcnow()
+    values: dict[str, Any] = {
+        "status": "queued",
+        "attempts": Job.attempts - 1,
+        "worker": None,
+        "lease_expires_at": None,
+        "dispatched_at": None,
+        "run_after": now + timedelta(seconds=seconds),
+    }
+    if progress is not None:
+        values |= {
+            "progress_done": progress[0],
+            "progress_total": progress[1],
+            "progress_message": progress[2],
+            "progress_at": now,
+        }
+    res = session.execute(
+        _fenced(job_id, token).values(**values).execution_options(synchronize_session=False)
+    )
+    if res.rowcount != 1:  # type: ignore[attr-defined]
+        raise LeaseLost(f"job {job_id}: deferral refused, fencing token {token} not current")
+
+
+def children(session: Session, parent_id: int) -> list[Job]:
+    """The jobs a parent fanned out, oldest first."""
+    return list(session.scalars(select(Job).where(Job.parent_id == parent_id).order_by(Job.id)))
+
+
 def mark_cancelled(session: Session, *, job_id: int, token: int) -> None:
     """The running job stopped because a cancel was requested."""
     res = session.execute(
@@ -345,6 +385,7 @@ def retry(session: Session, *, job_id: int, actor: str | None) -> Job:
             progress_total=None,
             progress_message=None,
             result=None,
+            run_after=None,
         )
         .execution_options(synchronize_session=False)
     )
@@ -404,7 +445,10 @@ def take_for_dispatch(
     """
     now = utcnow()
     cutoff = now - timedelta(seconds=redispatch_after)
-    due = or_(Job.dispatched_at.is_(None), Job.dispatched_at < cutoff)
+    due = and_(
+        or_(Job.dispatched_at.is_(None), Job.dispatched_at < cutoff),
+        or_(Job.run_after.is_(None), Job.run_after <= now),
+    )
     candidates = session.scalars(
         select(Job.id).where(Job.status == "queued", due).order_by(Job.id).limit(limit)
     ).all()
@@ -473,6 +517,7 @@ def job_to_dict(job: Job, *, created_by: str | None = None) -> dict[str, Any]:
         "parent_id": job.parent_id,
         "created_at": as_utc(job.created_at),
         "dispatched_at": as_utc(job.dispatched_at),
+        "run_after": as_utc(job.run_after),
         "started_at": started,
         "finished_at": finished,
         "seconds": seconds,

@@ -286,7 +286,8 @@ class Job(Base):
     holds the job while ``lease_expires_at`` is in the future; each claim increments
     ``fencing_token`` and every write a worker makes names its token in the same statement, so a
     worker whose lease expired cannot overwrite the work of the one that took over.
-    ``dispatched_at`` is NULL until a message was sent: the dispatcher's outbox.
+    ``dispatched_at`` is NULL until a message was sent: the dispatcher's outbox. ``run_after``
+    holds a deferred job (a parent waiting for its children) back until then.
     """
 
     __tablename__ = "jobs"
@@ -318,5 +319,6 @@ class Job(Base):
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     dispatched_at: Mapped[datetime | None] = mapped_column()
+    run_after: Mapped[datetime | None] = mapped_column()
     started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()

@@ -1,0 +1,95 @@
+"""Ensemble jobs: a parent fans out one training job per member and waits for them by
+deferring itself (it never holds a worker while its members train), then names its members.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from her2ops.config import get_settings
+from her2ops.pipelines import jobs as use
+from her2ops.platform import jobs
+from her2ops.platform.db import session_scope
+from tests.factories import curate_synthetic
+
+
+@pytest.fixture(autouse=True)
+def _fast_poll(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HER2OPS_DISPATCHER_INTERVAL_SECONDS", "0.25")  # re-look after 1 s
+    get_settings.cache_clear()
+
+
+def _ensemble(**extra: Any) -> dict[str, Any]:
+    params = {"split": "main", "members": "2", "profile": "test", "epochs": "1", **extra}
+    return use.submit_job(actor="eng", kind="ensemble", params=params)
+
+
+def _when_due(job_id: int) -> None:
+    with session_scope() as s:
+        run_after = jobs.as_utc(jobs.get_job(s, job_id).run_after)
+    assert run_after is not None
+    delay = (run_after - jobs.utcnow()).total_seconds()
+    time.sleep(max(0.0, delay) + 0.05)
+
+
+def _members(parent: int) -> list[dict[str, Any]]:
+    with session_scope() as s:
+        return [jobs.job_to_dict(j) for j in jobs.children(s, parent)]
+
+
+def test_member_failure_fails_the_ensemble_and_cancel_cascades(
+    db_url: str, synthetic: Path
+) -> None:
+    curate_synthetic(synthetic)
+    with pytest.raises(Exception, match="members=1: an ensemble has 2 to 50 members"):
+        _ensemble(members="1")
+    parent = _ensemble()["id"]
+    assert use.run_job(parent, worker="cpu-1") == "deferred"
+    view = use.show_job(actor="eng", job_id=parent)
+    assert (view["status"], view["attempts"]) == ("queued", 0)  # waiting uses no attempt
+    assert view["progress"]["message"] == "0/2 members trained"
+    members = _members(parent)
+    assert [m["params"]["seed"] for m in members] == [0, 1]
+    assert {m["kind"] for m in members} == {"train"} and {m["queue"] for m in members} == {"gpu"}
+    assert use.run_job(parent, worker="cpu-1") == "skipped"  # not due yet
+    with session_scope() as s:
+        assert parent not in [d[0] for d in jobs.take_for_dispatch(s, redispatch_after=0)]
+
+    use.cancel_job(actor="eng", job_id=members[0]["id"])
+    _when_due(parent)
+    assert use.run_job(parent, worker="cpu-1") == "failed"
+    error = use.show_job(actor="eng", job_id=parent)["error"]
+    assert f"member job {members[0]['id']} cancelled" in error
+
+    other = _ensemble(seed="10")["id"]
+    assert use.run_job(other, worker="cpu-1") == "deferred"
+    assert use.cancel_job(actor="eng", job_id=other)["status"] == "cancelled"
+    assert {m["status"] for m in _members(other)} == {"cancelled"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_ensemble_trains_its_members_and_names_their_versions(db_url: str, synthetic: Path) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    curate_synthetic(synthetic)
+    parent = _ensemble()["id"]
+    assert use.run_job(parent, worker="cpu-1") == "deferred"
+    first, second = (m["id"] for m in _members(parent))
+    assert use.run_job(first, worker="gpu-1") == "succeeded"
+    _when_due(parent)
+    assert use.run_job(parent, worker="cpu-1") == "deferred"
+    assert use.show_job(actor="eng", job_id=parent)["progress"]["message"] == "1/2 members trained"
+    assert use.run_job(second, worker="gpu-2") == "succeeded"
+    _when_due(parent)
+    assert use.run_job(parent, worker="cpu-1") == "succeeded"
+    view = use.show_job(actor="eng", job_id=parent)
+    assert view["attempts"] == 1
+    members = view["result"]["members"]
+    assert sorted(m["version"] for m in members) == [1, 2]
+    assert [m["seed"] for m in members] == [0, 1] and len({m["run_id"] for m in members}) == 2
