@@ -195,6 +195,8 @@ def _validate_evaluate(session: Session, actor: str | None, p: dict[str, Any]) -
     mv = _resolve_model(session, p)
     _check_protocol(p, mv.profile)
     p.setdefault("partition", "test")
+    _check_range(p, "study_sets", 1)
+    _check_range(p, "study_draws", 1)
     if p["partition"] not in PARTITIONS:
         raise InvalidRequest(
             f"unknown partition {p['partition']!r}; use one of {', '.join(PARTITIONS)}"
@@ -282,6 +284,7 @@ def _run_evaluate(actor: str | None, p: dict[str, Any], progress: Progress) -> d
         confidence=p.get("confidence", "margin"),
         device=p.get("device"),
         study=p.get("study", False),
+        **{k: p[k] for k in ("study_sets", "study_draws") if k in p},
         progress=_progress_arg(evaluate_model, progress),
     )
     return dict(_plain(out))
@@ -396,6 +399,8 @@ KINDS: dict[str, JobKind] = {
             "split": STR("split"),
             "partition": STR("partition (default test)"),
             "study": BOOL("also run the N/k study"),
+            "study_sets": INT("set outputs cached per core for the study (M, default 300)"),
+            "study_draws": INT("Monte Carlo draws per study point (default 10000)"),
             **_PROTOCOL,
         },
         required=("model", "split"),
