@@ -106,6 +106,14 @@ def _redis_or_skip(url: str) -> None:
         pytest.skip(f"Redis unreachable at {url}: {exc}")
 
 
+def _use_shared_redis(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point this test at the shared Redis, under a key prefix of its own."""
+    _redis_or_skip(REDIS)
+    monkeypatch.setenv("HER2OPS_BROKER_URL", REDIS)
+    monkeypatch.setenv("HER2OPS_BROKER_KEY_PREFIX", f"her2ops-test-{uuid.uuid4().hex[:10]}:")
+    get_settings.cache_clear()
+
+
 @pytest.fixture(params=["redis", "embedded"])
 def broker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """The shared Redis (keys under a prefix of this test's own) or the embedded default."""
@@ -214,9 +222,7 @@ def test_cancel_a_running_and_a_queued_job(
 def test_stalled_worker_loses_its_lease_and_cannot_write(
     db_url: str, workers: Callable[..., Worker], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _redis_or_skip(REDIS)
-    monkeypatch.setenv("HER2OPS_BROKER_URL", REDIS)
-    monkeypatch.setenv("HER2OPS_BROKER_KEY_PREFIX", f"her2ops-test-{uuid.uuid4().hex[:10]}:")
+    _use_shared_redis(monkeypatch)
     get_settings.cache_clear()
     seed_users()
     stalled = workers("stalled", dispatcher=False)
@@ -329,9 +335,7 @@ def test_sigkill_mid_score_job_then_a_new_worker_finishes_it_once(
     from her2ops.platform.splits import patient_partitions
     from tests.factories import curate_synthetic
 
-    _redis_or_skip(REDIS)
-    monkeypatch.setenv("HER2OPS_BROKER_URL", REDIS)
-    monkeypatch.setenv("HER2OPS_BROKER_KEY_PREFIX", f"her2ops-test-{uuid.uuid4().hex[:10]}:")
+    _use_shared_redis(monkeypatch)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     get_settings.cache_clear()
     torch.set_num_threads(1)
@@ -375,3 +379,25 @@ def test_sigkill_mid_score_job_then_a_new_worker_finishes_it_once(
     assert {code for code, _ in rows} == targets
     assert all(n == 1 for _, n in rows)  # exactly one prediction per core
     assert view["result"]["scored"] + view["result"]["already_scored"] == len(targets)
+
+
+@PG
+def test_in_process_worker_on_redis(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """celery.contrib.testing's worker thread on the real broker (no eager mode)."""
+    _use_shared_redis(monkeypatch)
+    from celery.contrib.testing.worker import start_worker
+
+    from her2ops.platform.broker import celery_app
+    from her2ops.workers.tasks import register_tasks
+
+    app = celery_app()  # the app of this test's settings
+    register_tasks(app)
+
+    seed_users()
+    job = use.submit_job(actor="eng", kind="selftest", params={"mode": "sleep", "seconds": 0.3})
+    with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=30):
+        view = wait_for(job["id"], ended, timeout=60)
+    assert view["status"] == "succeeded" and view["attempts"] == 1
+    assert app.conf.task_acks_late and app.conf.task_reject_on_worker_lost
+    assert app.conf.worker_prefetch_multiplier == 1
+    assert app.conf.broker_transport_options["visibility_timeout"] > 2  # > the 2 s lease here

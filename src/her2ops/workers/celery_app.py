@@ -2,7 +2,7 @@
 
 Configuration lives in ``her2ops.platform.broker`` (senders and workers share it): acks late,
 reject on worker lost, prefetch 1, queues ``gpu`` and ``cpu``, no result backend. Importing
-this module registers the tasks.
+this module builds the app for the configured broker and registers the tasks on it.
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ from celery.signals import worker_process_init
 
 from her2ops.platform.broker import celery_app
 from her2ops.platform.db import reset_engines
+from her2ops.workers.tasks import register_tasks
 
 app = celery_app()
+TASKS = register_tasks(app)
 
 
 @worker_process_init.connect
@@ -23,6 +25,4 @@ def _dispose_inherited_engines(**_: Any) -> None:
     reset_engines()
 
 
-from her2ops.workers import tasks as _tasks  # noqa: E402  (registers the tasks on ``app``)
-
-__all__ = ["_tasks", "app"]
+__all__ = ["TASKS", "app"]

@@ -12,10 +12,10 @@ import os
 import socket
 from typing import Any
 
-from her2ops.pipelines.jobs import run_job
-from her2ops.platform.broker import KIND_QUEUES, celery_app, task_name
+from celery import Celery
 
-app = celery_app()
+from her2ops.pipelines.jobs import run_job
+from her2ops.platform.broker import KIND_QUEUES, task_name
 
 
 def _worker_name(task: Any) -> str:
@@ -23,7 +23,7 @@ def _worker_name(task: Any) -> str:
     return f"{host}:{os.getpid()}"
 
 
-def _register(kind: str) -> Any:
+def _register(app: Celery, kind: str) -> Any:
     @app.task(
         name=task_name(kind),
         bind=True,
@@ -37,4 +37,6 @@ def _register(kind: str) -> Any:
     return job_task
 
 
-TASKS = {kind: _register(kind) for kind in KIND_QUEUES}
+def register_tasks(app: Celery) -> dict[str, Any]:
+    """Register one task per job kind on ``app`` (idempotent)."""
+    return {kind: _register(app, kind) for kind in KIND_QUEUES}
