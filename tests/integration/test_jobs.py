@@ -211,7 +211,8 @@ def test_lost_workers_use_up_attempts_then_the_job_fails(db_url: str) -> None:
         assert changed == ({"queued": [job_id]} if attempt == 1 else {"failed": [job_id]})
     with session_scope() as s:
         row = jobs.get_job(s, job_id)
-        assert row.status == "failed" and row.attempts == 2 and "worker was lost" in (row.error or "")
+        assert row.status == "failed" and row.attempts == 2
+        assert "worker was lost" in (row.error or "")
         assert jobs.claim(s, job_id=job_id, worker="w3", lease_seconds=60) is None
 
 

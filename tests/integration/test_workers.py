@@ -340,7 +340,7 @@ def test_sigkill_mid_score_job_then_a_new_worker_finishes_it_once(
     get_settings.cache_clear()
     torch.set_num_threads(1)
     curate_synthetic(synthetic)
-    train_model(actor="eng", split="main", profile_name="test", epochs=1, progress=False)
+    train_model(actor="eng", split="main", profile_name="test", epochs=1)
     with session_scope() as s:
         parts = patient_partitions(s, "main")
         targets = {

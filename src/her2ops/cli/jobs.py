@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from her2ops.cli._app import actor, app, domain_errors, emit_json, ensure_database, fail
+from her2ops.cli._app import actor, app, call, emit_json, fail
 
 jobs_app = typer.Typer(help="Background jobs (the jobs table).", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
@@ -81,8 +81,7 @@ def _wait(job_id: int, timeout: float | None, json_out: bool) -> None:
     deadline = None if timeout is None else time.monotonic() + timeout
     last = ""
     while True:
-        with domain_errors():
-            view = show_job(actor=actor(), job_id=job_id)
+        view = call(show_job, actor=actor(), job_id=job_id)
         line = _line(view)
         if not json_out and line != last:
             typer.echo(line, err=True)
@@ -106,11 +105,12 @@ def submit_in_background(kind: str, params: dict[str, Any], *, json_out: bool) -
     """For a foreground command's ``--background``: submit the same work as a job and say so."""
     from her2ops.pipelines.jobs import submit_job
 
-    ensure_database()
-    with domain_errors():
-        view = submit_job(
-            actor=actor(), kind=kind, params={k: v for k, v in params.items() if v is not None}
-        )
+    view = call(
+        submit_job,
+        actor=actor(),
+        kind=kind,
+        params={k: v for k, v in params.items() if v is not None},
+    )
     if json_out:
         emit_json(view)
         return
@@ -146,9 +146,8 @@ def run_as_job(kind: str, params: dict[str, Any], *, timeout: float | None = Non
     """Submit a job, wait for it, return its result; a failed job ends the command."""
     from her2ops.pipelines.jobs import submit_job, wait_job
 
-    with domain_errors():
-        view = submit_job(actor=actor(), kind=kind, params=params)
-        view = wait_job(actor=actor(), job_id=view["id"], timeout=timeout)
+    view = call(submit_job, actor=actor(), kind=kind, params=params)
+    view = call(wait_job, actor=actor(), job_id=view["id"], timeout=timeout)
     if view["status"] != "succeeded":
         fail(f"job {view['id']} ({kind}) {view['status']}: {view['error'] or 'timed out'}")
     return view["result"]
@@ -156,7 +155,7 @@ def run_as_job(kind: str, params: dict[str, Any], *, timeout: float | None = Non
 
 @jobs_app.command("submit")
 def submit(
-    kind: Annotated[str, typer.Argument(help="train, score, evaluate.")],
+    kind: Annotated[str, typer.Argument(help="train, score, evaluate, ensemble.")],
     param: Annotated[
         list[str] | None,
         typer.Option("--param", "-p", help="NAME=VALUE (repeatable); lists comma-separated."),
@@ -172,15 +171,14 @@ def submit(
     """Submit a job (checked now; runs on a worker). The same work twice gives the same job."""
     from her2ops.pipelines.jobs import submit_job
 
-    ensure_database()
-    with domain_errors():
-        view = submit_job(
-            actor=actor(),
-            kind=kind,
-            params=_parse_params(param),
-            key=key,
-            max_attempts=max_attempts,
-        )
+    view = call(
+        submit_job,
+        actor=actor(),
+        kind=kind,
+        params=_parse_params(param),
+        key=key,
+        max_attempts=max_attempts,
+    )
     if wait:
         if not json_out:
             typer.echo(f"job {view['id']} {'submitted' if view['created'] else 'exists'}")
@@ -205,9 +203,7 @@ def list_(
     """Jobs, newest first."""
     from her2ops.pipelines.jobs import list_jobs
 
-    ensure_database()
-    with domain_errors():
-        views = list_jobs(actor=actor(), status=status, kind=kind, limit=limit)
+    views = call(list_jobs, actor=actor(), status=status, kind=kind, limit=limit)
     if json_out:
         emit_json(views)
         return
@@ -220,9 +216,7 @@ def show(job_id: JobId, json_out: JsonOpt = False) -> None:
     """One job: status, progress, attempts, worker, timings, result or error."""
     from her2ops.pipelines.jobs import show_job
 
-    ensure_database()
-    with domain_errors():
-        view = show_job(actor=actor(), job_id=job_id)
+    view = call(show_job, actor=actor(), job_id=job_id)
     if json_out:
         emit_json(view)
     else:
@@ -234,9 +228,7 @@ def cancel(job_id: JobId, json_out: JsonOpt = False) -> None:
     """Cancel a queued job, or ask a running one to stop at its next progress report."""
     from her2ops.pipelines.jobs import cancel_job
 
-    ensure_database()
-    with domain_errors():
-        view = cancel_job(actor=actor(), job_id=job_id)
+    view = call(cancel_job, actor=actor(), job_id=job_id)
     if json_out:
         emit_json(view)
     elif view["status"] == "cancelled":
@@ -250,9 +242,7 @@ def retry(job_id: JobId, json_out: JsonOpt = False) -> None:
     """Queue a failed job again with fresh attempts."""
     from her2ops.pipelines.jobs import retry_job
 
-    ensure_database()
-    with domain_errors():
-        view = retry_job(actor=actor(), job_id=job_id)
+    view = call(retry_job, actor=actor(), job_id=job_id)
     if json_out:
         emit_json(view)
     else:
@@ -266,7 +256,6 @@ def wait_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Wait for a job to end; exit 0 if it succeeded, 1 if it failed or was cancelled."""
-    ensure_database()
     _wait(job_id, timeout, json_out)
 
 
@@ -294,7 +283,9 @@ def worker(
         fail("--concurrency must be at least 1")
     if pool not in ("prefork", "solo", "threads"):
         fail(f"unknown pool {pool!r}; use prefork, solo or threads")
-    ensure_database()
+    from her2ops.pipelines.runtime import get_runtime
+
+    call(get_runtime().check_database)  # migrate the embedded default, refuse a stale schema
     from her2ops.workers.celery_app import app as celery
 
     helper = None
@@ -336,9 +327,9 @@ def dispatcher_cmd(
     """Expire lost workers' leases and send queued jobs' messages (runs until stopped)."""
     import logging
 
+    from her2ops.pipelines.runtime import get_runtime
     from her2ops.workers.dispatcher import run_dispatcher
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    ensure_database()
-    with domain_errors():
-        run_dispatcher(interval=interval, exit_with=exit_with, once=once)
+    call(get_runtime().check_database)
+    run_dispatcher(interval=interval, exit_with=exit_with, once=once)

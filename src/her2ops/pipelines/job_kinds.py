@@ -12,7 +12,6 @@ raises or kills its own process, and needs no torch.
 
 from __future__ import annotations
 
-import inspect
 import os
 import signal
 import time
@@ -27,9 +26,9 @@ from sqlalchemy.orm import Session
 from her2ops.config import get_settings
 from her2ops.errors import Conflict, InvalidRequest, NotFound
 from her2ops.pipelines.progress import Progress
+from her2ops.pipelines.runtime import get_runtime
 from her2ops.platform.access import require
 from her2ops.platform.broker import KIND_QUEUES
-from her2ops.platform.db import session_scope
 from her2ops.platform.jobs import Claim, children
 from her2ops.platform.labels import label_snapshot
 from her2ops.platform.registry import resolve_ref
@@ -112,12 +111,6 @@ class JobKind:
         return KIND_QUEUES[self.name]
 
 
-def _progress_arg(fn: Callable[..., Any], progress: Progress) -> Any:
-    """Pass the callback, or ``False`` to a use case still on the older ``progress: bool``."""
-    default = inspect.signature(fn).parameters["progress"].default
-    return False if isinstance(default, bool) else progress
-
-
 def _plain(value: Any) -> Any:
     """JSON-safe copy of a use case's result (numpy scalars, paths, dates become plain)."""
     import json
@@ -169,6 +162,7 @@ def _validate_train(session: Session, actor: str | None, p: dict[str, Any]) -> d
 def _validate_score(session: Session, actor: str | None, p: dict[str, Any]) -> dict[str, Any]:
     mv = _resolve_model(session, p)
     _check_protocol(p, mv.profile)
+    _check_range(p, "loader_workers", 0)
     if "cores" in p:
         if "split" in p or "partition" in p:
             raise InvalidRequest("give either cores or split + partition, not both")
@@ -242,7 +236,7 @@ def _run_train(actor: str | None, p: dict[str, Any], progress: Progress) -> dict
         resume_run=p.get("resume_run"),
         seed=p.get("seed", 0),
         device=p.get("device"),
-        progress=_progress_arg(train_model, progress),
+        progress=progress,
     )
     result = _plain(out.to_dict())
     result.pop("history", None)  # per-epoch curves live in MLflow
@@ -263,7 +257,8 @@ def _run_score(actor: str | None, p: dict[str, Any], progress: Progress) -> dict
         seed=p.get("seed", 0),
         confidence=p.get("confidence", "margin"),
         device=p.get("device"),
-        progress=_progress_arg(score_cores, progress),
+        loader_workers=p.get("loader_workers"),
+        progress=progress,
     )
     result = _plain(report.to_dict())
     result.pop("rows", None)  # the predictions table holds them
@@ -285,7 +280,7 @@ def _run_evaluate(actor: str | None, p: dict[str, Any], progress: Progress) -> d
         device=p.get("device"),
         study=p.get("study", False),
         **{k: p[k] for k in ("study_sets", "study_draws") if k in p},
-        progress=_progress_arg(evaluate_model, progress),
+        progress=progress,
     )
     return dict(_plain(out))
 
@@ -298,7 +293,7 @@ def _run_ensemble(actor: str | None, p: dict[str, Any], progress: Progress) -> d
 
     claim = CURRENT_JOB.get()
     k = p["members"]
-    with session_scope() as s:
+    with get_runtime().session() as s:
         members = children(s, claim.job_id)
     if len(members) < k:  # first run (or a crash mid fan-out): the keys make this idempotent
         for i in range(k):
@@ -385,6 +380,7 @@ KINDS: dict[str, JobKind] = {
             "cores": LIST("core codes"),
             "split": STR("score this split's..."),
             "partition": STR("...partition (train, val, test)"),
+            "loader_workers": INT("PSS sampling processes (default: the use case's)"),
             **_PROTOCOL,
         },
         required=("model",),

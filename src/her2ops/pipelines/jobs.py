@@ -31,10 +31,10 @@ from her2ops.pipelines.job_kinds import (
     get_kind,
     normalise_params,
 )
+from her2ops.pipelines.runtime import get_runtime
 from her2ops.platform import jobs
 from her2ops.platform.access import get_user, require
 from her2ops.platform.broker import send, send_after_commit
-from her2ops.platform.db import session_scope
 from her2ops.platform.jobs import Claim, JobCancelled, LeaseLost
 from her2ops.platform.schema import Job, User
 
@@ -68,7 +68,7 @@ def submit_job(
     """
     spec = get_kind(kind)
     settings = get_settings()
-    with session_scope() as s:
+    with get_runtime().session() as s:
         normalised = normalise_params(s, spec, actor, dict(params or {}))
         job, created = jobs.submit(
             s,
@@ -83,7 +83,7 @@ def submit_job(
         if created:
             send_after_commit(s, job_id=job.id, kind=job.kind, queue=job.queue)
         job_id = job.id
-    with session_scope() as s:
+    with get_runtime().session() as s:
         view = _view(s, jobs.get_job(s, job_id))
     view["created"] = created
     return view
@@ -98,13 +98,13 @@ def _known(session: Any, actor: str | None) -> None:
 def list_jobs(
     *, actor: str | None, status: list[str] | None = None, kind: str | None = None, limit: int = 50
 ) -> list[dict[str, Any]]:
-    with session_scope() as s:
+    with get_runtime().session() as s:
         _known(s, actor)
         return [_view(s, j) for j in jobs.list_jobs(s, status=status, kind=kind, limit=limit)]
 
 
 def show_job(*, actor: str | None, job_id: int) -> dict[str, Any]:
-    with session_scope() as s:
+    with get_runtime().session() as s:
         _known(s, actor)
         return _view(s, jobs.get_job(s, job_id))
 
@@ -117,7 +117,7 @@ def _require_for(session: Any, actor: str | None, job: Job) -> None:
 
 def cancel_job(*, actor: str | None, job_id: int) -> dict[str, Any]:
     """Cancel a queued job, or ask a running one to stop at its next progress report."""
-    with session_scope() as s:
+    with get_runtime().session() as s:
         _require_for(s, actor, jobs.get_job(s, job_id))
         jobs.cancel(s, job_id=job_id, actor=actor)
         for child in jobs.children(s, job_id):  # an ensemble's members go with it
@@ -128,7 +128,7 @@ def cancel_job(*, actor: str | None, job_id: int) -> dict[str, Any]:
 
 def retry_job(*, actor: str | None, job_id: int) -> dict[str, Any]:
     """Queue a failed job again with fresh attempts."""
-    with session_scope() as s:
+    with get_runtime().session() as s:
         _require_for(s, actor, jobs.get_job(s, job_id))
         job = jobs.retry(s, job_id=job_id, actor=actor)
         send_after_commit(s, job_id=job.id, kind=job.kind, queue=job.queue)
@@ -186,7 +186,7 @@ class _Lease:
             if self.lost is not None:
                 return
             try:
-                with session_scope() as s:
+                with get_runtime().session() as s:
                     self.cancelled = jobs.renew(
                         s,
                         job_id=self.claim.job_id,
@@ -227,9 +227,9 @@ def run_job(job_id: int, *, worker: str, kind: str | None = None) -> str:
     """
     settings = get_settings()
     lease_seconds = settings.job_lease_seconds
-    with session_scope() as s:
+    with get_runtime().session() as s:
         jobs.expire_leases(s, job_id=job_id)  # a redelivered message of a dead worker's job
-    with session_scope() as s:
+    with get_runtime().session() as s:
         claim = jobs.claim(s, job_id=job_id, worker=worker, lease_seconds=lease_seconds)
     if claim is None:
         _event("job.skip", job=job_id, worker=worker)
@@ -275,7 +275,7 @@ def _execute(claim: Claim, lease: _Lease) -> str:
             CURRENT_JOB.reset(token)
         lease.check()
     except Deferred as wait:
-        with session_scope() as s:
+        with get_runtime().session() as s:
             jobs.defer(
                 s,
                 job_id=claim.job_id,
@@ -285,14 +285,14 @@ def _execute(claim: Claim, lease: _Lease) -> str:
             )
         return "deferred"
     except JobCancelled:
-        with session_scope() as s:
+        with get_runtime().session() as s:
             jobs.mark_cancelled(s, job_id=claim.job_id, token=claim.token)
         return "cancelled"
     except LeaseLost:
         raise
-    except (Her2opsError, ValueError) as exc:
+    except Her2opsError as exc:
         # a user error known to the use case: the same input fails the same way, no retry
-        with session_scope() as s:
+        with get_runtime().session() as s:
             return jobs.fail(
                 s,
                 job_id=claim.job_id,
@@ -303,7 +303,7 @@ def _execute(claim: Claim, lease: _Lease) -> str:
             )
     except Exception as exc:
         detail = traceback.format_exc()
-        with session_scope() as s:
+        with get_runtime().session() as s:
             status = jobs.fail(
                 s,
                 job_id=claim.job_id,
@@ -315,7 +315,7 @@ def _execute(claim: Claim, lease: _Lease) -> str:
             if status == "queued":
                 send_after_commit(s, job_id=claim.job_id, kind=claim.kind, queue=_queue(claim))
         return "retry" if status == "queued" else status
-    with session_scope() as s:
+    with get_runtime().session() as s:
         jobs.finish(s, job_id=claim.job_id, token=claim.token, result=result)
     return "succeeded"
 
@@ -327,16 +327,16 @@ def _queue(claim: Claim) -> str:
 def dispatch_once() -> dict[str, list[int]]:
     """One dispatcher round: expire leases of lost workers, then send queued rows' messages."""
     settings = get_settings()
-    with session_scope() as s:
+    with get_runtime().session() as s:
         changed = jobs.expire_leases(s)
     for status, ids in changed.items():
         for jid in ids:
             _event("job.lease_expired", job=jid, now=status)
-    with session_scope() as s:
+    with get_runtime().session() as s:
         due = jobs.take_for_dispatch(s, redispatch_after=settings.job_redispatch_seconds)
     unsent = [jid for jid, kind, queue in due if not send(jid, kind, queue)]
     if unsent:
-        with session_scope() as s:
+        with get_runtime().session() as s:
             jobs.clear_dispatched(s, job_ids=unsent)
     for jid, kind, _ in due:
         if jid not in unsent:
