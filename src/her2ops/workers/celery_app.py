@@ -7,6 +7,7 @@ this module builds the app for the configured broker and registers the tasks on 
 
 from __future__ import annotations
 
+import multiprocessing
 from typing import Any
 
 from celery.signals import worker_process_init
@@ -20,9 +21,16 @@ TASKS = register_tasks(app)
 
 
 @worker_process_init.connect
-def _dispose_inherited_engines(**_: Any) -> None:
-    """A forked pool process must not reuse the parent's database connections."""
+def _init_pool_process(**_: Any) -> None:
+    """Prepare a forked pool process for jobs.
+
+    It must not reuse the parent's database connections. And it is started as a *daemonic*
+    process, which multiprocessing forbids to have children, but a score job samples PSSs in
+    DataLoader worker processes: clear the flag. Those workers are daemonic themselves and
+    exit with their parent (torch's watchdog), so nothing outlives a killed pool process.
+    """
     reset_engines()
+    multiprocessing.current_process()._config["daemon"] = False  # type: ignore[attr-defined]
 
 
 __all__ = ["TASKS", "app"]
