@@ -59,6 +59,8 @@ def test_member_failure_fails_the_ensemble_and_cancel_cascades(
     with session_scope() as s:
         assert parent not in [d[0] for d in jobs.take_for_dispatch(s, redispatch_after=0)]
 
+    with pytest.raises(Exception, match=f"ensemble {parent} is queued"):
+        use.submit_job(actor="eng", kind="score", params={"ensemble": parent, "cores": "C00000"})
     use.cancel_job(actor="eng", job_id=members[0]["id"])
     _when_due(parent)
     assert use.run_job(parent, worker="cpu-1") == "failed"
@@ -93,3 +95,48 @@ def test_ensemble_trains_its_members_and_names_their_versions(db_url: str, synth
     members = view["result"]["members"]
     assert sorted(m["version"] for m in members) == [1, 2]
     assert [m["seed"] for m in members] == [0, 1] and len({m["run_id"] for m in members}) == 2
+
+    # scoring with the ensemble: each member's predictions, then the ensemble's, per rule
+    import numpy as np
+    from sqlalchemy import func, select
+
+    from her2ops.models.ensemble import combine_members
+    from her2ops.pipelines.ensemble import score_ensemble
+    from her2ops.platform.schema import EnsemblePrediction, Prediction
+
+    with pytest.raises(Exception, match="unknown combine rule 'vote'"):
+        use.submit_job(
+            actor="eng",
+            kind="score",
+            params={"ensemble": parent, "rule": "vote", "split": "main", "partition": "test"},
+        )
+    job = use.submit_job(
+        actor="eng",
+        kind="score",
+        params={"ensemble": str(parent), "split": "main", "partition": "test", "rule": "majority"},
+    )
+    assert use.run_job(job["id"], worker="gpu-1") == "succeeded"
+    result = use.show_job(actor="eng", job_id=job["id"])["result"]
+    n_cores = result["scored"]
+    assert n_cores > 0 and result["members"] == [1, 2] and result["rule"] == "majority"
+    rep = score_ensemble(actor="eng", ensemble=parent, split="main", partition="test")
+    assert rep.rule == "pooled_kcs" and rep.scored == n_cores  # another rule, same members
+    again = score_ensemble(actor="eng", ensemble=parent, split="main", partition="test")
+    assert again.scored == 0 and again.already_scored == n_cores
+    with session_scope() as s:
+        assert s.scalar(select(func.count()).select_from(Prediction)) == 2 * n_cores
+        rows = s.scalars(select(EnsemblePrediction)).all()
+        assert len(rows) == 2 * n_cores
+        for row in rows:
+            members = [
+                np.asarray(
+                    s.scalar(
+                        select(Prediction.set_probs).where(
+                            Prediction.core_id == row.core_id, Prediction.model_version_id == m
+                        )
+                    )
+                )
+                for m in (1, 2)
+            ]
+            ref = combine_members(members, top_k=row.top_k, rule=row.rule)
+            assert row.final_score == ref.final and row.member_finals == list(ref.member_finals)

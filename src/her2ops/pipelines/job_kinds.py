@@ -52,6 +52,7 @@ class Deferred(Exception):  # a signal, not an error
 
 
 CONFIDENCES = ("margin", "max", "entropy")  # her2ops.models.inference.CONFIDENCES (no torch here)
+COMBINE_RULES = ("pooled_kcs", "majority", "mean_prob")  # her2ops.models.ensemble (no torch)
 
 
 def _int(v: Any) -> int:
@@ -160,8 +161,24 @@ def _validate_train(session: Session, actor: str | None, p: dict[str, Any]) -> d
 
 
 def _validate_score(session: Session, actor: str | None, p: dict[str, Any]) -> dict[str, Any]:
-    mv = _resolve_model(session, p)
-    _check_protocol(p, mv.profile)
+    from her2ops.pipelines.ensemble import ensemble_versions
+
+    if ("model" in p) == ("ensemble" in p):
+        raise InvalidRequest("a score job needs model=REF or ensemble=JOB_ID (one of them)")
+    if "ensemble" in p:
+        versions = ensemble_versions(session, p["ensemble"])
+        p.setdefault("rule", "pooled_kcs")
+        if p["rule"] not in COMBINE_RULES:
+            raise InvalidRequest(
+                f"unknown combine rule {p['rule']!r}; use one of {', '.join(COMBINE_RULES)}"
+            )
+        profile = resolve_ref(session, str(versions[0]), name=get_settings().registered_model_name)
+        _check_protocol(p, profile.profile)
+    else:
+        if "rule" in p:
+            raise InvalidRequest("rule= applies to ensemble scoring only")
+        mv = _resolve_model(session, p)
+        _check_protocol(p, mv.profile)
     _check_range(p, "loader_workers", 0)
     if "cores" in p:
         if "split" in p or "partition" in p:
@@ -244,7 +261,27 @@ def _run_train(actor: str | None, p: dict[str, Any], progress: Progress) -> dict
 
 
 def _run_score(actor: str | None, p: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    from her2ops.pipelines.ensemble import score_ensemble
     from her2ops.pipelines.score import score_cores
+
+    if "ensemble" in p:
+        out = score_ensemble(
+            actor=actor,
+            ensemble=p["ensemble"],
+            cores=p.get("cores"),
+            split=p.get("split"),
+            partition=p.get("partition"),
+            n_sets=p.get("n_sets"),
+            top_k=p.get("top_k"),
+            seed=p.get("seed", 0),
+            confidence=p.get("confidence", "margin"),
+            rule=p["rule"],
+            device=p.get("device"),
+            progress=progress,
+        )
+        result = _plain(out.to_dict())
+        result.pop("rows", None)
+        return result
 
     report = score_cores(
         actor=actor,
@@ -377,13 +414,14 @@ KINDS: dict[str, JobKind] = {
         name="score",
         params={
             "model": STR("champion, challenger, a version or a run id"),
+            "ensemble": INT("...or the id of a succeeded ensemble job"),
+            "rule": STR("ensemble combine rule: pooled_kcs, majority or mean_prob"),
             "cores": LIST("core codes"),
             "split": STR("score this split's..."),
             "partition": STR("...partition (train, val, test)"),
             "loader_workers": INT("PSS sampling processes (default: the use case's)"),
             **_PROTOCOL,
         },
-        required=("model",),
         validate=_validate_score,
         run=_run_score,
         permission="models.score",

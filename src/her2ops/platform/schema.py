@@ -322,3 +322,37 @@ class Job(Base):
     run_after: Mapped[datetime | None] = mapped_column()
     started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
+
+
+class EnsemblePrediction(Base):
+    """One core scored by an ensemble (the ``ensemble`` job naming its member versions) under
+    one combine rule and protocol. The members' own predictions are ordinary ``predictions``
+    rows; ``member_finals`` repeats their decisions in member order for review.
+    """
+
+    __tablename__ = "ensemble_predictions"
+    __table_args__ = (
+        UniqueConstraint(
+            "core_id",
+            "ensemble_job_id",
+            "rule",
+            "n_sets",
+            "top_k",
+            "seed",
+            "confidence",
+            name="uq_ensemble_predictions_protocol",
+        ),
+        CheckConstraint("final_score >= 0 AND final_score <= 3", name="final_score"),
+    )
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    core_id: Mapped[int] = mapped_column(ForeignKey("cores.id"), index=True)
+    ensemble_job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    rule: Mapped[str] = mapped_column(String(16))
+    n_sets: Mapped[int] = mapped_column(Integer)
+    top_k: Mapped[int] = mapped_column(Integer)
+    seed: Mapped[int] = mapped_column(Integer)
+    confidence: Mapped[str] = mapped_column(String(16))
+    final_score: Mapped[int] = mapped_column(Integer)
+    probs: Mapped[list[float]] = mapped_column(JSON)
+    member_finals: Mapped[list[int]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
