@@ -140,3 +140,32 @@ def test_ensemble_trains_its_members_and_names_their_versions(db_url: str, synth
             ]
             ref = combine_members(members, top_k=row.top_k, rule=row.rule)
             assert row.final_score == ref.final and row.member_finals == list(ref.member_finals)
+
+    # evaluating the ensemble beside its members, on the same labelled test cores
+    from her2ops.platform.labels import label_snapshot
+    from her2ops.platform.schema import Core
+
+    with pytest.raises(Exception, match="N/k study runs on a single model"):
+        use.submit_job(
+            actor="eng",
+            kind="evaluate",
+            params={"ensemble": parent, "split": "main", "study": "true"},
+        )
+    ev = use.submit_job(actor="eng", kind="evaluate", params={"ensemble": parent, "split": "main"})
+    assert use.run_job(ev["id"], worker="cpu-1") == "succeeded"
+    res = use.show_job(actor="eng", job_id=ev["id"])["result"]
+    assert res["rule"] == "pooled_kcs" and [m["version"] for m in res["members"]] == [1, 2]
+    with session_scope() as s:
+        snapshot, _ = label_snapshot(s, "main")
+        labels = {i.core: i.label for i in snapshot if i.partition == "test"}
+        finals = dict(
+            s.execute(
+                select(Core.code, EnsemblePrediction.final_score)
+                .join(Core, Core.id == EnsemblePrediction.core_id)
+                .where(EnsemblePrediction.rule == "pooled_kcs")
+            ).all()
+        )
+    assert res["cores"] == len(labels)
+    expected = np.mean([finals[c] == y for c, y in labels.items()])
+    assert np.isclose(res["metrics"]["accuracy"], expected)
+    assert all(0.0 <= m["metrics"]["accuracy"] <= 1.0 for m in res["members"])

@@ -160,3 +160,96 @@ def score_ensemble(
                 {"core": t.code, "final": int(d.final), "members": list(d.member_finals)}
             )
     return report
+
+
+def evaluate_ensemble(
+    *,
+    actor: str | None,
+    ensemble: int,
+    split: str,
+    partition: str = "test",
+    rule: str = "pooled_kcs",
+    n_sets: int | None = None,
+    top_k: int | None = None,
+    seed: int = 0,
+    confidence: str = "margin",
+    device: str | None = None,
+    progress: Progress = no_progress,
+) -> dict[str, Any]:
+    """The paper's metrics of the ensemble and of each member, on the same labelled cores."""
+    from her2ops.models.evaluation import compute_metrics
+    from her2ops.platform.labels import label_snapshot
+    from her2ops.platform.predictions import final_scores
+    from her2ops.platform.schema import Core
+
+    rt = get_runtime()
+    with rt.session() as s:
+        require(s, actor, "models.score")
+        snapshot, snapshot_hash = label_snapshot(s, split)
+    items = [i for i in snapshot if i.partition == partition]
+    if not items:
+        raise InvalidRequest(f"split {split!r} has no labelled cores in partition {partition!r}")
+    rep = score_ensemble(
+        actor=actor,
+        ensemble=ensemble,
+        cores=[i.core for i in items],
+        n_sets=n_sets,
+        top_k=top_k,
+        seed=seed,
+        confidence=confidence,
+        rule=rule,
+        device=device,
+        progress=progress,
+    )
+    n, k = rep.n_sets, rep.top_k
+    codes = [i.core for i in items]
+    with rt.session() as s:
+        decided = {
+            code: (final, probs)
+            for code, final, probs in s.execute(
+                select(Core.code, EnsemblePrediction.final_score, EnsemblePrediction.probs)
+                .join(Core, Core.id == EnsemblePrediction.core_id)
+                .where(
+                    EnsemblePrediction.ensemble_job_id == ensemble,
+                    EnsemblePrediction.rule == rule,
+                    EnsemblePrediction.n_sets == n,
+                    EnsemblePrediction.top_k == k,
+                    EnsemblePrediction.seed == seed,
+                    EnsemblePrediction.confidence == confidence,
+                    Core.code.in_(codes),
+                )
+            )
+        }
+        name = rt.settings.registered_model_name
+        members = {
+            v: final_scores(
+                s,
+                PredictionKey(resolve_ref(s, str(v), name=name).id, n, k, seed, confidence),
+                codes,
+            )
+            for v in rep.members
+        }
+    scored = [i for i in items if i.core in decided and all(i.core in m for m in members.values())]
+    if not scored:
+        raise InvalidRequest(f"no core of {split}/{partition} could be scored by every member")
+    y_true = np.array([i.label for i in scored])
+
+    def metrics_of(preds: dict[str, tuple[int, list[float]]]) -> dict[str, Any]:
+        y_pred = np.array([preds[i.core][0] for i in scored])
+        probs = np.array([preds[i.core][1] for i in scored], dtype=np.float64)
+        return dict(compute_metrics(y_true, y_pred, probs))
+
+    return {
+        "ensemble": ensemble,
+        "rule": rule,
+        "split": split,
+        "partition": partition,
+        "n_sets": n,
+        "top_k": k,
+        "seed": seed,
+        "confidence": confidence,
+        "labels_now": snapshot_hash,
+        "cores": len(scored),
+        "metrics": metrics_of(decided),
+        "members": [{"version": v, "metrics": metrics_of(m)} for v, m in members.items()],
+    }

@@ -161,24 +161,7 @@ def _validate_train(session: Session, actor: str | None, p: dict[str, Any]) -> d
 
 
 def _validate_score(session: Session, actor: str | None, p: dict[str, Any]) -> dict[str, Any]:
-    from her2ops.pipelines.ensemble import ensemble_versions
-
-    if ("model" in p) == ("ensemble" in p):
-        raise InvalidRequest("a score job needs model=REF or ensemble=JOB_ID (one of them)")
-    if "ensemble" in p:
-        versions = ensemble_versions(session, p["ensemble"])
-        p.setdefault("rule", "pooled_kcs")
-        if p["rule"] not in COMBINE_RULES:
-            raise InvalidRequest(
-                f"unknown combine rule {p['rule']!r}; use one of {', '.join(COMBINE_RULES)}"
-            )
-        profile = resolve_ref(session, str(versions[0]), name=get_settings().registered_model_name)
-        _check_protocol(p, profile.profile)
-    else:
-        if "rule" in p:
-            raise InvalidRequest("rule= applies to ensemble scoring only")
-        mv = _resolve_model(session, p)
-        _check_protocol(p, mv.profile)
+    _validate_model_or_ensemble(session, p)
     _check_range(p, "loader_workers", 0)
     if "cores" in p:
         if "split" in p or "partition" in p:
@@ -202,9 +185,32 @@ def _validate_score(session: Session, actor: str | None, p: dict[str, Any]) -> d
     return p
 
 
+def _validate_model_or_ensemble(session: Session, p: dict[str, Any]) -> None:
+    """``model=REF`` (resolved to its version) or ``ensemble=JOB_ID`` [+ ``rule=``]."""
+    from her2ops.pipelines.ensemble import ensemble_versions
+
+    if ("model" in p) == ("ensemble" in p):
+        raise InvalidRequest("give model=REF or ensemble=JOB_ID (one of them)")
+    if "ensemble" in p:
+        versions = ensemble_versions(session, p["ensemble"])
+        p.setdefault("rule", "pooled_kcs")
+        if p["rule"] not in COMBINE_RULES:
+            raise InvalidRequest(
+                f"unknown combine rule {p['rule']!r}; use one of {', '.join(COMBINE_RULES)}"
+            )
+        first = resolve_ref(session, str(versions[0]), name=get_settings().registered_model_name)
+        _check_protocol(p, first.profile)
+    else:
+        if "rule" in p:
+            raise InvalidRequest("rule= applies to an ensemble only")
+        mv = _resolve_model(session, p)
+        _check_protocol(p, mv.profile)
+
+
 def _validate_evaluate(session: Session, actor: str | None, p: dict[str, Any]) -> dict[str, Any]:
-    mv = _resolve_model(session, p)
-    _check_protocol(p, mv.profile)
+    _validate_model_or_ensemble(session, p)
+    if "ensemble" in p and p.get("study"):
+        raise InvalidRequest("the N/k study runs on a single model, not an ensemble")
     p.setdefault("partition", "test")
     _check_range(p, "study_sets", 1)
     _check_range(p, "study_draws", 1)
@@ -303,7 +309,27 @@ def _run_score(actor: str | None, p: dict[str, Any], progress: Progress) -> dict
 
 
 def _run_evaluate(actor: str | None, p: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    from her2ops.pipelines.ensemble import evaluate_ensemble
     from her2ops.pipelines.evaluate import evaluate_model
+
+    if "ensemble" in p:
+        return dict(
+            _plain(
+                evaluate_ensemble(
+                    actor=actor,
+                    ensemble=p["ensemble"],
+                    split=p["split"],
+                    partition=p.get("partition", "test"),
+                    rule=p["rule"],
+                    n_sets=p.get("n_sets"),
+                    top_k=p.get("top_k"),
+                    seed=p.get("seed", 0),
+                    confidence=p.get("confidence", "margin"),
+                    device=p.get("device"),
+                    progress=progress,
+                )
+            )
+        )
 
     out = evaluate_model(
         actor=actor,
@@ -430,6 +456,8 @@ KINDS: dict[str, JobKind] = {
         name="evaluate",
         params={
             "model": STR("champion, challenger, a version or a run id"),
+            "ensemble": INT("...or the id of a succeeded ensemble job"),
+            "rule": STR("ensemble combine rule: pooled_kcs, majority or mean_prob"),
             "split": STR("split"),
             "partition": STR("partition (default test)"),
             "study": BOOL("also run the N/k study"),
@@ -437,7 +465,7 @@ KINDS: dict[str, JobKind] = {
             "study_draws": INT("Monte Carlo draws per study point (default 10000)"),
             **_PROTOCOL,
         },
-        required=("model", "split"),
+        required=("split",),
         validate=_validate_evaluate,
         run=_run_evaluate,
         permission="models.score",
