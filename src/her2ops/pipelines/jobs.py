@@ -33,7 +33,7 @@ from her2ops.pipelines.job_kinds import (
 )
 from her2ops.pipelines.runtime import get_runtime
 from her2ops.platform import jobs
-from her2ops.platform.access import get_user, require
+from her2ops.platform.access import require
 from her2ops.platform.broker import send, send_after_commit
 from her2ops.platform.jobs import Claim, JobCancelled, LeaseLost
 from her2ops.platform.schema import Job, User
@@ -90,9 +90,8 @@ def submit_job(
 
 
 def _known(session: Any, actor: str | None) -> None:
-    """Reading the jobs table needs no role (like ``models list``); a named user must exist."""
-    if actor is not None:
-        get_user(session, actor)
+    """Reading the jobs table is a read of the models' work (``models.read``)."""
+    require(session, actor, "models.read")
 
 
 def list_jobs(
