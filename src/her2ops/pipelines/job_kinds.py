@@ -51,7 +51,6 @@ class Deferred(Exception):  # a signal, not an error
         self.progress = progress
 
 
-CONFIDENCES = ("margin", "max", "entropy")  # her2ops.models.inference.CONFIDENCES (no torch here)
 COMBINE_RULES = ("pooled_kcs", "majority", "mean_prob")  # her2ops.models.ensemble (no torch)
 
 
@@ -136,17 +135,15 @@ def _resolve_model(session: Session, params: dict[str, Any]) -> Any:
 
 
 def _check_protocol(params: dict[str, Any], profile_name: str) -> None:
+    """The scoring use case's own protocol check, on the values the job will use."""
+    from her2ops.pipelines.score import check_protocol
+
     profile = get_profile(profile_name)
-    n = params.get("n_sets", profile.n_sets)
-    k = params.get("top_k", profile.top_k)
-    _check_range(params, "n_sets", 1)
-    _check_range(params, "top_k", 1)
-    if not 1 <= k <= n:
-        raise InvalidRequest(f"top_k {k} must be between 1 and n_sets {n}")
-    if params.get("confidence", "margin") not in CONFIDENCES:
-        raise InvalidRequest(
-            f"unknown confidence {params['confidence']!r}; use one of {', '.join(CONFIDENCES)}"
-        )
+    check_protocol(
+        params.get("n_sets", profile.n_sets),
+        params.get("top_k", profile.top_k),
+        params.get("confidence", "margin"),
+    )
 
 
 def _validate_train(session: Session, actor: str | None, p: dict[str, Any]) -> dict[str, Any]:
@@ -342,7 +339,7 @@ def _run_evaluate(actor: str | None, p: dict[str, Any], progress: Progress) -> d
         confidence=p.get("confidence", "margin"),
         device=p.get("device"),
         study=p.get("study", False),
-        **{k: p[k] for k in ("study_sets", "study_draws") if k in p},
+        **{k: p[k] for k in ("study_sets", "study_draws", "study_replace") if k in p},
         progress=progress,
     )
     return dict(_plain(out))
@@ -416,7 +413,7 @@ _PROTOCOL = {
     "n_sets": INT("N sets per core (default: the model's profile)"),
     "top_k": INT("k most confident sets (default: the model's profile)"),
     "seed": INT("sampling seed (default 0)"),
-    "confidence": STR("margin, max or entropy"),
+    "confidence": STR("margin (default), max, range, std or entropy"),
     "device": STR("torch device (default: HER2OPS_DEVICE, else cuda if present)"),
 }
 
@@ -463,6 +460,7 @@ KINDS: dict[str, JobKind] = {
             "study": BOOL("also run the N/k study"),
             "study_sets": INT("set outputs cached per core for the study (M, default 300)"),
             "study_draws": INT("Monte Carlo draws per study point (default 10000)"),
+            "study_replace": BOOL("study draws sets with replacement"),
             **_PROTOCOL,
         },
         required=("split",),
