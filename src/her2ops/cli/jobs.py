@@ -319,7 +319,8 @@ def worker(
 @app.command("dispatcher")
 def dispatcher_cmd(
     interval: Annotated[
-        float | None, typer.Option(help="Seconds between rounds (HER2OPS_DISPATCHER_INTERVAL...).")
+        float | None,
+        typer.Option(help="Seconds between rounds (default HER2OPS_DISPATCHER_INTERVAL_SECONDS)."),
     ] = None,
     once: Annotated[bool, typer.Option("--once", help="One round, then exit.")] = False,
     exit_with: Annotated[int | None, typer.Option(hidden=True)] = None,
