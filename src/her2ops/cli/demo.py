@@ -127,35 +127,54 @@ def main() -> None:
         _compare_dearray(slide.parent / "truth.csv", ROOT / "dearrayed" / "manifest.csv")
 
     if train:
-        banner("7. Train the 'demo' profile on the CPU (tracked and registered in MLflow)")
-        her2ops(
-            "train",
-            "--split",
-            "main",
-            "--profile",
-            "demo",
-            *(["--epochs", epochs] if epochs else []),
-            user="eng",
-        )
-        banner("8. Evaluate on the test partition with the paper's protocol (synthetic data)")
-        her2ops(
-            "evaluate",
-            "challenger",
-            "--split",
-            "main",
-            "--partition",
-            "test",
-            "--study",
-            "--study-sets",
-            60,
-            "--draws",
-            10000,
-            user="eng",
-        )
-        banner("9. Promote to champion and score cores")
-        her2ops("models", "promote", "challenger", user="eng")
-        her2ops("models", "list", user="eng")
-        her2ops("score", "--model", "champion", "--core", first_core, user="eng")
+        from her2ops.cli.jobs import background_worker
+
+        banner("7. Start a worker; train the 'demo' profile as a job on it (CPU, MLflow)")
+        print(f"(a real 'her2ops worker' subprocess; its log: {ROOT / 'worker.log'})")
+        with background_worker(log=ROOT / "worker.log"):
+            her2ops(
+                "jobs",
+                "submit",
+                "train",
+                "-p",
+                "split=main",
+                "-p",
+                "profile=demo",
+                *(["-p", f"epochs={epochs}"] if epochs else []),
+                "--wait",
+                user="eng",
+            )
+            banner("8. Evaluate on the test partition with the paper's protocol (synthetic data)")
+            her2ops(
+                "evaluate",
+                "challenger",
+                "--split",
+                "main",
+                "--partition",
+                "test",
+                "--study",
+                "--study-sets",
+                60,
+                "--draws",
+                10000,
+                user="eng",
+            )
+            banner("9. Promote to champion and score cores as a job")
+            her2ops("models", "promote", "challenger", user="eng")
+            her2ops("models", "list", user="eng")
+            her2ops(
+                "jobs",
+                "submit",
+                "score",
+                "-p",
+                "model=champion",
+                "-p",
+                f"cores={first_core}",
+                "--wait",
+                user="eng",
+            )
+            her2ops("jobs", "list", user="eng")
+        print("worker stopped")
     her2ops("labels", "export", "--split", "main", "--out", ROOT / "labels.csv", user="lab")
 
     banner("Done")

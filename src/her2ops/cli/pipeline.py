@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from her2ops.cli._app import BarProgress, actor, app, call, emit_json
+from her2ops.cli.jobs import submit_in_background
 from her2ops.pipelines.evaluate import evaluate_model
 from her2ops.pipelines.models import list_models, promote_model
 from her2ops.pipelines.score import score_cores
@@ -20,6 +21,9 @@ DeviceOpt = Annotated[str | None, typer.Option(help="torch device (default: cuda
 SetsOpt = Annotated[int | None, typer.Option("--sets", help="N sets per core.")]
 TopKOpt = Annotated[int | None, typer.Option("--top-k", help="k most confident sets.")]
 ConfidenceOpt = Annotated[str, typer.Option(help="margin (default), max, range, std or entropy.")]
+BackgroundOpt = Annotated[
+    bool, typer.Option("--background", help="Submit a job for a worker instead (her2ops jobs).")
+]
 
 
 @app.command("train")
@@ -32,9 +36,27 @@ def train(
     ),
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     device: DeviceOpt = None,
+    ensemble: Annotated[
+        int | None,
+        typer.Option(help="Train K members (seeds S..S+K-1) as jobs, registered as one ensemble."),
+    ] = None,
+    background: BackgroundOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Train a DenseNet PSS model; log to MLflow; register it with alias 'challenger'."""
+    params: dict[str, Any] = {
+        "split": split,
+        "profile": profile,
+        "epochs": epochs,
+        "seed": seed,
+        "device": device,
+    }
+    if ensemble is not None:
+        submit_in_background("ensemble", {**params, "members": ensemble}, json_out=json_out)
+        return
+    if background:
+        submit_in_background("train", {**params, "resume_run": resume}, json_out=json_out)
+        return
     from her2ops.pipelines.train import train_model  # imports torch: only when training
 
     with BarProgress(enabled=not json_out) as bar:
@@ -78,10 +100,26 @@ def score(
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     confidence: ConfidenceOpt = "margin",
     device: DeviceOpt = None,
+    background: BackgroundOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Score cores with the paper's protocol (N sets, k most confident, final = max class)."""
     from her2ops.scores import SCORE_LABELS
+
+    if background:
+        params = {
+            "model": model,
+            "cores": core or None,
+            "split": split,
+            "partition": partition,
+            "n_sets": sets,
+            "top_k": top_k,
+            "seed": seed,
+            "confidence": confidence,
+            "device": device,
+        }
+        submit_in_background("score", params, json_out=json_out)
+        return
 
     with BarProgress(enabled=not json_out) as bar:
         rep = call(
@@ -170,9 +208,25 @@ def evaluate(
     ] = False,
     confidence: ConfidenceOpt = "margin",
     device: DeviceOpt = None,
+    background: BackgroundOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Accuracy, specificity, ROC AUCs, adjacent-class accuracy, kappa, ECE; logged to MLflow."""
+    if background:
+        params = {
+            "model": model,
+            "split": split,
+            "partition": partition,
+            "n_sets": sets,
+            "top_k": top_k,
+            "study": study,
+            "study_sets": study_sets,
+            "study_draws": draws,
+            "confidence": confidence,
+            "device": device,
+        }
+        submit_in_background("evaluate", params, json_out=json_out)
+        return
     with BarProgress(enabled=not json_out) as bar:
         res = call(
             evaluate_model,
