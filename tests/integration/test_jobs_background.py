@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from her2ops.cli import app
+from her2ops.config import get_settings
 from her2ops.pipelines import jobs as use
 from her2ops.platform.db import session_scope
 from her2ops.platform.splits import create_split
@@ -20,7 +22,9 @@ def run(*args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
-def test_background_flags_submit_jobs(db_url: str) -> None:
+def test_background_flags_submit_jobs(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HER2OPS_REQUIRE_CREDENTIALS", "false")  # login is tested elsewhere
+    get_settings.cache_clear()
     seed_users()
     insert_labelled_cores(8)
     with session_scope() as s:

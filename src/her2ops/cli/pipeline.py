@@ -222,6 +222,7 @@ def evaluate(
             "study": study,
             "study_sets": study_sets,
             "study_draws": draws,
+            "study_replace": with_replacement,
             "confidence": confidence,
             "device": device,
         }
