@@ -12,7 +12,9 @@ Cases, each measured in its own subprocess so that memory figures do not pollute
 - ``fresh``: the same with a fresh array per set (``iter_sets`` without ``out=``);
 - ``floor``: the decode floor: every level-0 and level-1 tile read (CRC checked) and decoded
   once, into one reused buffer, and nothing else. N sets touch nearly every one of those tiles,
-  so no sampler that decodes can beat this; ``many / floor`` is what the sampler adds.
+  so no sampler that decodes can beat this; ``many / floor`` is what the sampler adds;
+- ``ratio``: ``floor`` and ``many`` alternated in one process, ``--rounds`` times, so that load
+  from other processes falls on both alike; wall and CPU (process) time, best and median.
 
 Memory is the peak resident set size above the subprocess's baseline (after imports), read
 from ``/proc/self/status`` (VmHWM, reset through ``/proc/self/clear_refs`` where allowed).
@@ -272,6 +274,22 @@ def _case_floor(store_root: Path, sha: str, repeat: int) -> tuple[list[float], d
     return times, {"tiles_decoded": decoded}
 
 
+def _case_ratio(
+    store_root: Path, sha: str, cfg: object, rounds: int, n_sets: int
+) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {"floor": [], "many": [], "floor_cpu": [], "many_cpu": []}
+    for _ in range(rounds):
+        for case in ("floor", "many"):
+            cpu = time.process_time()
+            if case == "floor":
+                wall, _ = _case_floor(store_root, sha, 1)
+            else:
+                wall, _ = _case_store(store_root, sha, cfg, 1, n_sets)
+            times[f"{case}_cpu"].append(time.process_time() - cpu)
+            times[case].extend(wall)
+    return times
+
+
 def run_case(args: argparse.Namespace) -> None:
     """Subprocess entry: run one case, print a JSON line with its figures."""
     _pin()
@@ -286,21 +304,28 @@ def run_case(args: argparse.Namespace) -> None:
     cfg = get_profile(args.profile).pss
     baseline_kb = _status_kb("VmRSS")
     exact = _reset_peak()
-    extra: dict[str, float] = {}
+    extra: dict[str, float | list[float]] = {}
     if args.case == "naive":
         times = _case_naive(Path(args.png), cfg, args.repeat)
     elif args.case == "generic":
         times = _case_generic(Path(args.store), args.sha, cfg, args.repeat)
     elif args.case == "floor":
-        times, extra = _case_floor(Path(args.store), args.sha, args.repeat)
+        times, floor_extra = _case_floor(Path(args.store), args.sha, args.repeat)
+        extra.update(floor_extra)
     elif args.case == "one":
-        times, extra = _case_store(Path(args.store), args.sha, cfg, args.repeat, 1)
+        times, store_extra = _case_store(Path(args.store), args.sha, cfg, args.repeat, 1)
+        extra.update(store_extra)
+    elif args.case == "ratio":
+        times = []
+        extra.update(_case_ratio(Path(args.store), args.sha, cfg, args.rounds, args.sets))
     elif args.case == "fresh":
-        times, extra = _case_store(
+        times, store_extra = _case_store(
             Path(args.store), args.sha, cfg, args.repeat, args.sets, reuse=False
         )
+        extra.update(store_extra)
     else:
-        times, extra = _case_store(Path(args.store), args.sha, cfg, args.repeat, args.sets)
+        times, store_extra = _case_store(Path(args.store), args.sha, cfg, args.repeat, args.sets)
+        extra.update(store_extra)
     peak_kb = _status_kb("VmHWM")
     print(
         json.dumps(
@@ -337,6 +362,8 @@ def _spawn(case: str, args: argparse.Namespace, png: Path, root: Path, sha: str)
         str(args.sets),
         "--repeat",
         str(args.naive_repeat if case in ("naive", "generic") else args.repeat),
+        "--rounds",
+        str(args.rounds),
     ]
     done = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ.copy())
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -350,10 +377,13 @@ def main() -> None:
     parser.add_argument("--profile", default="paper")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--naive-repeat", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=7, help="floor/N-set pairs for the ratio")
     parser.add_argument(
         "--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "her2ops-bench"
     )
-    parser.add_argument("--case", choices=["naive", "generic", "one", "many", "fresh", "floor"])
+    parser.add_argument(
+        "--case", choices=["naive", "generic", "one", "many", "fresh", "floor", "ratio"]
+    )
     parser.add_argument("--png")
     parser.add_argument("--store")
     parser.add_argument("--sha")
@@ -370,6 +400,7 @@ def main() -> None:
     results["floor"] = _spawn("floor", args, png, root, sha)
     results["many"] = _spawn("many", args, png, root, sha)
     results["fresh"] = _spawn("fresh", args, png, root, sha)
+    paired = _spawn("ratio", args, png, root, sha)
     best = {case: min(r["times"]) for case, r in results.items()}
     med = {case: statistics.median(r["times"]) for case, r in results.items()}
 
@@ -400,14 +431,23 @@ def main() -> None:
         f"{args.naive_repeat} for naive/generic; PASS/FAIL on the best run (as timeit does: "
         "other load only adds time)"
     )
-    floor_ratio = best["many"] / best["floor"]
     print(
-        f"\n{args.sets} sets vs decode floor (same run, one core): {best['many']:.3f} s vs "
-        f"{best['floor']:.3f} s = {floor_ratio:.2f}x (medians: {med['many']:.3f} s vs "
-        f"{med['floor']:.3f} s = {med['many'] / med['floor']:.2f}x; "
-        f"{results['floor']['tiles_decoded']:.0f} tiles in the floor); "
-        f"with a fresh array per set: {best['fresh'] / best['floor']:.2f}x "
-        f"(medians {med['fresh'] / med['floor']:.2f}x)"
+        f"\n{args.sets} sets vs the decode floor ({results['floor']['tiles_decoded']:.0f} tiles), "
+        f"alternated in one process, {args.rounds} rounds, one core:"
+    )
+    print(f"{'':<22} {'floor s':>8} {f'{args.sets} sets s':>10} {'ratio':>6}")
+    for label, key, pick in (
+        ("best, wall", "", min),
+        ("median, wall", "", statistics.median),
+        ("best, CPU", "_cpu", min),
+        ("median, CPU", "_cpu", statistics.median),
+    ):
+        f, m = pick(paired[f"floor{key}"]), pick(paired[f"many{key}"])
+        print(f"{label:<22} {f:>8.3f} {m:>10.3f} {m / f:>5.2f}x")
+    floor_ratio = min(paired["many"]) / min(paired["floor"])
+    print(
+        f"separate runs: {best['many'] / best['floor']:.2f}x (one buffer), "
+        f"{best['fresh'] / best['floor']:.2f}x (a fresh array per set)"
     )
     if not all(r["peak_exact"] for r in results.values()):
         print("note: peak RSS could not be reset; peaks include import-time allocations")

@@ -134,6 +134,7 @@ class TileGather:
         self._heap: list[tuple[int, TileKey]] = []  # (-next batch, tile): furthest first
         self._free: dict[tuple[int, int], list[np.ndarray]] = {}
         self._chunks: list[np.ndarray] = []
+        self._scratch: np.ndarray | None = None
         self._allocated = 0
         self._held = 0
 
@@ -201,11 +202,13 @@ class TileGather:
                 # needs is transposed once into a slot, so its every use is a plain copy
                 tile = self.img.decode_tile(*key)
                 slot = None if later is None else self._slot(key, later)
-                if slot is None:
-                    chw = False
-                else:
+                if slot is not None:
                     np.copyto(slot, tile.transpose(2, 0, 1))
                     self._cache[key] = tile = slot
+                elif len(pieces) > 1:  # used by several patches now: transpose once
+                    tile = self._transposed(tile)
+                else:  # one piece: copy it transposing, straight from the decoder's buffer
+                    chw = False
             for r, iy0, iy1, ix0, ix1, oy, ox in pieces:
                 dst = outs[r][:, oy : oy + iy1 - iy0, ox : ox + ix1 - ix0]
                 if chw:
@@ -221,6 +224,14 @@ class TileGather:
             self.close()
 
     # -- internals ----------------------------------------------------------------------------
+
+    def _transposed(self, hwc: np.ndarray) -> np.ndarray:
+        """``hwc`` channels-first, in a reused scratch tile."""
+        shape = (3, hwc.shape[0], hwc.shape[1])
+        if self._scratch is None or self._scratch.shape != shape:
+            self._scratch = np.empty(shape, dtype=np.uint8)
+        np.copyto(self._scratch, hwc.transpose(2, 0, 1))
+        return self._scratch
 
     def _slot(self, key: TileKey, later: int) -> np.ndarray | None:
         """A free (3, th, tw) slot for a tile that a later batch needs, unless the cache is full
