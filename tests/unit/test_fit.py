@@ -8,9 +8,10 @@ import pytest
 
 from her2ops.imaging.fit import fit_profiles, fitting_profiles, level_shape, profile_fit
 from her2ops.imaging.store import pyramid_shapes
-from her2ops.profiles import get_profile
+from her2ops.profiles import PROFILES, get_profile
 
 PAPER = get_profile("paper").pss
+ALL = {name: profile.pss for name, profile in PROFILES.items()}
 
 
 def test_level_shapes_match_the_store() -> None:
@@ -22,10 +23,10 @@ def test_level_shapes_match_the_store() -> None:
 
 
 def test_a_10000_px_core_fits_every_profile() -> None:
-    fits = fit_profiles(10_000, 10_000)
+    fits = fit_profiles(10_000, 10_000, ALL)
     assert set(fits) == {"paper", "demo", "test"}
     assert all(fit.fits and fit.warning() is None for fit in fits.values())
-    assert fitting_profiles(10_000, 10_000) == ["paper", "demo", "test"]
+    assert fitting_profiles(10_000, 10_000, ALL) == ["paper", "demo", "test"]
 
 
 def test_paper_on_a_1024_px_tile_degenerates_at_level_1() -> None:
@@ -39,8 +40,8 @@ def test_paper_on_a_1024_px_tile_degenerates_at_level_1() -> None:
     assert text is not None
     assert text.startswith("core TMA1-A01 (1024x1024 px) does not fit profile paper")
     assert "level 1 is 512x512 px, so its 10 patches of 512 px are all the same image" in text
-    assert "paper" not in fitting_profiles(1_024, 1_024)
-    assert "demo" in fitting_profiles(1_024, 1_024)
+    assert "paper" not in fitting_profiles(1_024, 1_024, ALL)
+    assert "demo" in fitting_profiles(1_024, 1_024, ALL)
 
 
 def test_near_copies_and_too_small_levels() -> None:

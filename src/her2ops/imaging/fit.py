@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from her2ops.imaging.pss import PSSConfig
-    from her2ops.profiles import Profile
 
 #: a level where one patch covers at least this share of the level is degenerate
 DEGENERATE_COVERAGE = 0.5
@@ -141,21 +140,14 @@ def profile_fit(cfg: PSSConfig, width: int, height: int, *, name: str = "") -> P
 
 
 def fit_profiles(
-    width: int, height: int, profiles: Mapping[str, Profile] | None = None
+    width: int, height: int, geometries: Mapping[str, PSSConfig]
 ) -> dict[str, ProfileFit]:
-    """:func:`profile_fit` of every profile (default: :data:`her2ops.profiles.PROFILES`)."""
-    if profiles is None:
-        from her2ops.profiles import PROFILES
-
-        profiles = PROFILES
-    return {
-        name: profile_fit(profile.pss, width, height, name=name)
-        for name, profile in profiles.items()
-    }
+    """:func:`profile_fit` of every named PSS geometry, e.g.
+    ``{name: p.pss for name, p in her2ops.profiles.PROFILES.items()}`` (profiles sit above
+    imaging in the layers, so the caller passes them)."""
+    return {name: profile_fit(cfg, width, height, name=name) for name, cfg in geometries.items()}
 
 
-def fitting_profiles(
-    width: int, height: int, profiles: Mapping[str, Profile] | None = None
-) -> list[str]:
-    """Names of the profiles a core of this size fits (what ingest reports per core)."""
-    return [name for name, fit in fit_profiles(width, height, profiles).items() if fit.fits]
+def fitting_profiles(width: int, height: int, geometries: Mapping[str, PSSConfig]) -> list[str]:
+    """Names of the geometries a core of this size fits (what ingest reports per core)."""
+    return [name for name, fit in fit_profiles(width, height, geometries).items() if fit.fits]
