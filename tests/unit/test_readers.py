@@ -436,3 +436,20 @@ def test_validation_needs_about_the_rgb_size_in_memory(tmp_path: Path, kind: str
         pytest.skip("this kernel does not let a process reset its peak RSS")
     in_memory = path.stat().st_size if kind != "tif16" else 0
     assert peak <= 1.25 * nbytes + in_memory + (32 << 20), (peak, nbytes)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"progressive": True}, {"restart_marker_rows": 1}, {"subsampling": 0, "quality": 97}],
+    ids=["progressive", "restart-markers", "444"],
+)
+def test_jpeg_variants_decode_as_pillow_does(
+    tmp_path: Path, rgb: np.ndarray, options: dict[str, object]
+) -> None:
+    """Several scans, restart markers, no chroma subsampling: the structure check accepts them
+    and the pixels are Pillow's (the same libjpeg-turbo)."""
+    path = tmp_path / "variant.jpg"
+    Image.fromarray(rgb).save(path, **options)
+    _, out = read_rgb(path, max_pixels=MAX)
+    with Image.open(path) as im:
+        np.testing.assert_array_equal(out, np.asarray(im.convert("RGB")))
