@@ -10,6 +10,8 @@ Cases, each measured in its own subprocess so that memory figures do not pollute
 - ``many``: N sets (the inference case) streamed through ``iter_sets`` with one tile cache, into
   one reused set buffer (``out=``: a consumer that is done with a set before the next);
 - ``fresh``: the same with a fresh array per set (``iter_sets`` without ``out=``);
+- ``last``: the same as ``many`` in the decoder's layout, (patches, size, size, 3)
+  (``channels_last=True``: no transposes; the consumer permutes on its device);
 - ``floor``: the decode floor: every level-0 and level-1 tile read (CRC checked) and decoded
   once, into one reused buffer, and nothing else. N sets touch nearly every one of those tiles,
   so no sampler that decodes can beat this; ``many / floor`` is what the sampler adds;
@@ -41,6 +43,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from functools import partial  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -221,7 +224,13 @@ def _case_generic(store_root: Path, sha: str, cfg: object, repeat: int) -> list[
 
 
 def _case_store(
-    store_root: Path, sha: str, cfg: object, repeat: int, n_sets: int, reuse: bool = True
+    store_root: Path,
+    sha: str,
+    cfg: object,
+    repeat: int,
+    n_sets: int,
+    reuse: bool = True,
+    channels_last: bool = False,
 ) -> tuple[list[float], dict[str, float]]:
     from her2ops.imaging.pss import PSSConfig, iter_sets, sample_set
     from her2ops.imaging.store import CoreStore
@@ -230,9 +239,13 @@ def _case_store(
     store = CoreStore(store_root)
     times = []
     extra: dict[str, float] = {}
-    out = np.empty((cfg.channels, cfg.patch_size, cfg.patch_size), np.uint8) if reuse else None
+    size = cfg.patch_size
+    shape = (cfg.num_patches, size, size, 3) if channels_last else (cfg.channels, size, size)
+    out = np.empty(shape, np.uint8) if reuse else None
     # (a sampler older than ``out=`` makes fresh arrays: the script also measures the baseline)
-    kwargs = {"out": out} if "out" in inspect.signature(iter_sets).parameters else {}
+    kwargs: dict[str, Any] = {}
+    if "out" in inspect.signature(iter_sets).parameters:
+        kwargs = {"out": out, "channels_last": True} if channels_last else {"out": out}
     for rep in range(repeat):
         t0 = time.perf_counter()
         with store.open(sha, core="bench") as img:
@@ -277,14 +290,19 @@ def _case_floor(store_root: Path, sha: str, repeat: int) -> tuple[list[float], d
 def _case_ratio(
     store_root: Path, sha: str, cfg: object, rounds: int, n_sets: int
 ) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {"floor": [], "many": [], "floor_cpu": [], "many_cpu": []}
+    from her2ops.imaging.pss import iter_sets
+
+    cases = ["floor", "many"]
+    if "channels_last" in inspect.signature(iter_sets).parameters:
+        cases.append("last")
+    times: dict[str, list[float]] = {c + k: [] for c in cases for k in ("", "_cpu")}
     for _ in range(rounds):
-        for case in ("floor", "many"):
+        for case in cases:
             cpu = time.process_time()
             if case == "floor":
                 wall, _ = _case_floor(store_root, sha, 1)
             else:
-                wall, _ = _case_store(store_root, sha, cfg, 1, n_sets)
+                wall, _ = _case_store(store_root, sha, cfg, 1, n_sets, channels_last=case == "last")
             times[f"{case}_cpu"].append(time.process_time() - cpu)
             times[case].extend(wall)
     return times
@@ -435,7 +453,11 @@ def main() -> None:
         f"\n{args.sets} sets vs the decode floor ({results['floor']['tiles_decoded']:.0f} tiles), "
         f"alternated in one process, {args.rounds} rounds, one core:"
     )
-    print(f"{'':<22} {'floor s':>8} {f'{args.sets} sets s':>10} {'ratio':>6}")
+    last = "last" in paired
+    print(
+        f"{'':<22} {'floor s':>8} {f'{args.sets} sets s':>10} {'ratio':>6}"
+        + (f" {'channels-last s':>16} {'ratio':>6}" if last else "")
+    )
     for label, key, pick in (
         ("best, wall", "", min),
         ("median, wall", "", statistics.median),
@@ -443,7 +465,11 @@ def main() -> None:
         ("median, CPU", "_cpu", statistics.median),
     ):
         f, m = pick(paired[f"floor{key}"]), pick(paired[f"many{key}"])
-        print(f"{label:<22} {f:>8.3f} {m:>10.3f} {m / f:>5.2f}x")
+        line = f"{label:<22} {f:>8.3f} {m:>10.3f} {m / f:>5.2f}x"
+        if last:
+            c = pick(paired[f"last{key}"])
+            line += f" {c:>16.3f} {c / f:>5.2f}x"
+        print(line)
     floor_ratio = min(paired["many"]) / min(paired["floor"])
     print(
         f"separate runs: {best['many'] / best['floor']:.2f}x (one buffer), "

@@ -113,3 +113,29 @@ def test_sample_sets_decodes_each_tile_once_without_a_cache(
         sample_sets(img, cfg, key="K", seed=1, indices=range(2), out=out)
     with store.open(sha) as img, pytest.raises(ValueError, match="out must be"):
         sample_set(img, replace(cfg, patch_size=128), key="K", seed=1, index=0, out=singles[0])
+
+
+@pytest.mark.parametrize("lossless", [True, False])
+def test_channels_last_sets_hold_the_same_pixels(tmp_path: Path, lossless: bool) -> None:
+    """(patches, size, size, 3) sets, streamed and batched, are the channels-first sets with
+    the axes moved, including white padding and the whole-core patch."""
+    store = CoreStore(tmp_path / "s", lossless=lossless)
+    image = _core(700, 900)
+    sha = hashlib.sha256(image.tobytes()).hexdigest()
+    store.put_array(image, sha256=sha)
+    cfg = PSSConfig(patch_size=256, patches_per_level={0: 5, 1: 3, 2: 1}, pad_small=True)
+    with store.open(sha) as img:
+        first = sample_sets(img, cfg, key="K", seed=4, indices=range(5))
+    with store.open(sha, cache_bytes=3 * 256 * 256 * 3) as img:  # evictions too
+        last = sample_sets(img, cfg, key="K", seed=4, indices=range(5), channels_last=True)
+        streamed = [
+            s.copy()
+            for s in iter_sets(img, cfg, key="K", seed=4, indices=range(5), channels_last=True)
+        ]
+        one = sample_set(img, cfg, key="K", seed=4, index=3, channels_last=True)
+    assert last.shape == (5, cfg.num_patches, 256, 256, 3)
+    moved = last.transpose(0, 1, 4, 2, 3).reshape(first.shape)
+    np.testing.assert_array_equal(moved, first)
+    np.testing.assert_array_equal(np.stack(streamed), last)
+    np.testing.assert_array_equal(one, last[3])
+    assert (first[:, -6:-3] == 255).any()  # level 2 (175 x 225 px) is padded with white

@@ -54,10 +54,12 @@ def release_retained_memory() -> None:
 
 
 def _take_chunk(shape: tuple[int, ...], max_count: int) -> np.ndarray:
+    """(count, *shape) uint8 slots, from the kept chunks when one of the right size is there."""
+    size = int(np.prod(shape))
     with _pool_lock:
         for i, chunk in enumerate(_pool):
-            if chunk.shape[1:] == shape and len(chunk) <= max_count:
-                return _pool.pop(i)
+            if chunk[0].size == size and len(chunk) <= max_count:
+                return _pool.pop(i).reshape(-1, *shape)
     return np.empty((max(1, min(_CHUNK_SLOTS, max_count)), *shape), dtype=np.uint8)
 
 
@@ -79,8 +81,10 @@ class TileGather:
         batches: Sequence[Sequence[Region]],
         *,
         cache_bytes: int | None = None,
+        channels_last: bool = False,
     ) -> None:
         self.img = img
+        self.channels_last = channels_last
         self.batches = [list(batch) for batch in batches]
         self.cache_bytes = img.cache_bytes if cache_bytes is None else cache_bytes
         self._next = 0
@@ -132,7 +136,7 @@ class TileGather:
         # the cache: channels-first tiles kept for later batches, in recycled slots
         self._cache: dict[TileKey, np.ndarray] = {}
         self._heap: list[tuple[int, TileKey]] = []  # (-next batch, tile): furthest first
-        self._free: dict[tuple[int, int], list[np.ndarray]] = {}
+        self._free: dict[tuple[int, ...], list[np.ndarray]] = {}
         self._chunks: list[np.ndarray] = []
         self._scratch: np.ndarray | None = None
         self._allocated = 0
@@ -175,22 +179,54 @@ class TileGather:
     # -- filling ------------------------------------------------------------------------------
 
     def fill(self, outs: Sequence[np.ndarray]) -> None:
-        """Write the next batch: ``outs[i]`` (uint8, (3, h, w)) receives its region ``i``."""
+        """Write the next batch: ``outs[i]`` (uint8 (3, h, w), or (h, w, 3) with
+        ``channels_last``) receives its region ``i``."""
         b = self._next
         if b >= len(self.batches):
             raise IndexError("every batch has been filled")
         batch = self.batches[b]
         if len(outs) != len(batch):
             raise ValueError(f"batch {b} has {len(batch)} regions, got {len(outs)} buffers")
+        last = self.channels_last
         for out, (_, _, _, h, w) in zip(outs, batch, strict=True):
-            if out.shape != (3, h, w) or out.dtype != np.uint8:
-                raise ValueError(f"out must be uint8 (3, {h}, {w}), got {out.dtype} {out.shape}")
+            shape = (h, w, 3) if last else (3, h, w)
+            if out.shape != shape or out.dtype != np.uint8:
+                raise ValueError(f"out must be uint8 {shape}, got {out.dtype} {out.shape}")
         self._next += 1
         for r in self._white[b]:
             outs[r].fill(255)
         for r in self._virtual[b]:
             level, y, x, h, w = batch[r]
-            self.img.read_region(level, y, x, h, w, out=outs[r], channels_first=True)
+            self.img.read_region(level, y, x, h, w, out=outs[r], channels_first=not last)
+        if last:
+            self._fill_channels_last(b, outs)
+        else:
+            self._fill_channels_first(b, outs)
+        if self._next == len(self.batches):
+            self.close()
+
+    def _fill_channels_last(self, b: int, outs: Sequence[np.ndarray]) -> None:
+        # Tiles and regions share the decoder's layout: a kept tile is decoded straight into
+        # its slot and every use is a plain copy of rows of 3 x tile-width bytes.
+        for key, pieces in self._pieces[b].items():
+            uses = self._uses[key]
+            uses.popleft()  # this batch
+            later = uses[0] if uses else None
+            tile = self._cache.get(key)
+            if tile is None:
+                slot = None if later is None else self._slot(key, later)
+                tile = self.img.decode_tile(*key, out=slot)
+                if slot is not None:
+                    self._cache[key] = slot
+            for r, iy0, iy1, ix0, ix1, oy, ox in pieces:
+                outs[r][oy : oy + iy1 - iy0, ox : ox + ix1 - ix0] = tile[iy0:iy1, ix0:ix1]
+            if key in self._cache:
+                if later is None:
+                    self._release(key)
+                else:
+                    heapq.heappush(self._heap, (-later, key))
+
+    def _fill_channels_first(self, b: int, outs: Sequence[np.ndarray]) -> None:
         for key, pieces in self._pieces[b].items():
             uses = self._uses[key]
             uses.popleft()  # this batch
@@ -220,8 +256,6 @@ class TileGather:
                     self._release(key)
                 else:
                     heapq.heappush(self._heap, (-later, key))
-        if self._next == len(self.batches):
-            self.close()
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -234,11 +268,12 @@ class TileGather:
         return self._scratch
 
     def _slot(self, key: TileKey, later: int) -> np.ndarray | None:
-        """A free (3, th, tw) slot for a tile that a later batch needs, unless the cache is full
-        of tiles needed sooner."""
-        shape = self.img.tile_shape(key[0])
+        """A free slot ((3, th, tw), or (th, tw, 3) with ``channels_last``) for a tile that a
+        later batch needs, unless the cache is full of tiles needed sooner."""
+        th, tw = self.img.tile_shape(key[0])
+        shape = (th, tw, 3) if self.channels_last else (3, th, tw)
         free = self._free.setdefault(shape, [])
-        nbytes = 3 * shape[0] * shape[1]
+        nbytes = 3 * th * tw
         if not free and self._held + nbytes > self.cache_bytes:
             # Full: evict the kept tile whose next use is furthest, if further than ours.
             while self._heap:
@@ -256,7 +291,7 @@ class TileGather:
             if self._held + nbytes > self.cache_bytes:
                 return None
             count = (self.cache_bytes - self._held) // nbytes
-            chunk = _take_chunk((3, *shape), count)
+            chunk = _take_chunk(shape, count)
             self._chunks.append(chunk)
             free.extend(chunk)
             self._allocated += chunk.nbytes
@@ -267,4 +302,4 @@ class TileGather:
     def _release(self, key: TileKey) -> None:
         slot = self._cache.pop(key)
         self._held -= slot.nbytes
-        self._free.setdefault((slot.shape[1], slot.shape[2]), []).append(slot)
+        self._free.setdefault(slot.shape, []).append(slot)

@@ -120,13 +120,16 @@ def sample_set(
     seed: int,
     index: int,
     out: np.ndarray | None = None,
+    channels_last: bool = False,
 ) -> np.ndarray:
     """One PSS as a (cfg.channels, size, size) uint8 array: level-0 patches, then level-1 ...,
     then the whole-core patch; each patch is 3 channels of RGB (CHW). Written into ``out`` when
-    given (and returned)."""
+    given (and returned). With ``channels_last`` the same pixels come as
+    (cfg.num_patches, size, size, 3), the decoder's layout: no transposes, for a consumer that
+    permutes on its device (``x.permute(0, 3, 1, 2).reshape(channels, size, size)``)."""
     plan = plan_set(img, cfg, key=key, seed=seed, index=index)
-    out = _output(cfg, out, ())
-    with _gather(img, cfg, [[plan]]) as gather:
+    out = _output(cfg, out, (), channels_last)
+    with _gather(img, cfg, [[plan]], channels_last) as gather:
         _fill(gather, cfg, [plan], [out])
     return out
 
@@ -139,6 +142,7 @@ def iter_sets(
     seed: int,
     indices: Iterable[int],
     out: np.ndarray | None = None,
+    channels_last: bool = False,
 ) -> Iterator[np.ndarray]:
     """Yield the sets ``indices`` one at a time, planning all their reads up front so a tile
     shared by several sets is decoded once; memory stays at one set plus the tiles kept for
@@ -147,13 +151,14 @@ def iter_sets(
     Each set is a fresh array, unless ``out`` ((cfg.channels, size, size) uint8) is given: then
     every set is written into it and ``out`` itself is yielded, so the consumer must be done with
     a set before asking for the next (no new memory per set: the fast way to stream).
+    ``channels_last``: see :func:`sample_set`.
     """
     plans = [plan_set(img, cfg, key=key, seed=seed, index=i) for i in indices]
     if out is not None:
-        out = _output(cfg, out, ())
-    with _gather(img, cfg, [[plan] for plan in plans]) as gather:
+        out = _output(cfg, out, (), channels_last)
+    with _gather(img, cfg, [[plan] for plan in plans], channels_last) as gather:
         for plan in plans:
-            target = out if out is not None else _output(cfg, None, ())
+            target = out if out is not None else _output(cfg, None, (), channels_last)
             _fill(gather, cfg, [plan], [target])
             yield target
 
@@ -166,14 +171,16 @@ def sample_sets(
     seed: int,
     indices: Sequence[int],
     out: np.ndarray | None = None,
+    channels_last: bool = False,
 ) -> np.ndarray:
     """Sets ``indices`` stacked as (n, cfg.channels, size, size) uint8 (into ``out`` when given);
     same values as :func:`sample_set` for each index. This holds all n sets at once (20 paper
     sets are 800 MB) and so needs no tile cache: each tile is decoded once and copied into every
-    patch of every set that overlaps it. :func:`iter_sets` streams them instead."""
+    patch of every set that overlaps it. :func:`iter_sets` streams them instead.
+    ``channels_last``: see :func:`sample_set`."""
     plans = [plan_set(img, cfg, key=key, seed=seed, index=i) for i in indices]
-    out = _output(cfg, out, (len(plans),))
-    with _gather(img, cfg, [plans]) as gather:
+    out = _output(cfg, out, (len(plans),), channels_last)
+    with _gather(img, cfg, [plans], channels_last) as gather:
         _fill(gather, cfg, plans, list(out))
     return out
 
@@ -226,8 +233,12 @@ def _check_config(cfg: PSSConfig) -> None:
         raise ValueError(f"unknown placement {cfg.placement!r} (uniform, tissue)")
 
 
-def _output(cfg: PSSConfig, out: np.ndarray | None, lead: tuple[int, ...]) -> np.ndarray:
-    shape = (*lead, cfg.channels, cfg.patch_size, cfg.patch_size)
+def _output(
+    cfg: PSSConfig, out: np.ndarray | None, lead: tuple[int, ...], channels_last: bool = False
+) -> np.ndarray:
+    size = cfg.patch_size
+    per_set = (cfg.num_patches, size, size, 3) if channels_last else (cfg.channels, size, size)
+    shape = (*lead, *per_set)
     if out is None:
         return np.empty(shape, dtype=np.uint8)
     if out.shape != shape or out.dtype != np.uint8 or not out.flags.c_contiguous:
@@ -235,7 +246,12 @@ def _output(cfg: PSSConfig, out: np.ndarray | None, lead: tuple[int, ...]) -> np
     return out
 
 
-def _gather(img: StoredImage, cfg: PSSConfig, batches: Sequence[Sequence[SetPlan]]) -> TileGather:
+def _gather(
+    img: StoredImage,
+    cfg: PSSConfig,
+    batches: Sequence[Sequence[SetPlan]],
+    channels_last: bool = False,
+) -> TileGather:
     """A gather over ``batches`` (each a list of sets filled together), after the whole-core
     patch is made (memoised on the image; its level's tiles pass through the image's LRU)."""
     from her2ops.imaging.gather import TileGather
@@ -247,15 +263,16 @@ def _gather(img: StoredImage, cfg: PSSConfig, batches: Sequence[Sequence[SetPlan
         [(level, y, x, size, size) for plan in plans for level, y, x in plan.patches]
         for plans in batches
     ]
-    return TileGather(img, regions)
+    return TileGather(img, regions, channels_last=channels_last)
 
 
 def _fill(
     gather: TileGather, cfg: PSSConfig, plans: Sequence[SetPlan], outs: Sequence[np.ndarray]
 ) -> None:
     """Fill the gather's next batch (``plans``) into the sets ``outs``."""
+    last = gather.channels_last
     views = [
-        out[3 * i : 3 * i + 3]
+        out[i] if last else out[3 * i : 3 * i + 3]
         for plan, out in zip(plans, outs, strict=True)
         for i in range(len(plan.patches))
     ]
@@ -263,7 +280,10 @@ def _fill(
     if cfg.whole_core:
         whole = whole_core_patch(img=gather.img, cfg=cfg)
         for out in outs:
-            out[-3:] = whole
+            if last:
+                out[-1] = whole.transpose(1, 2, 0)
+            else:
+                out[-3:] = whole
 
 
 def _positions(

@@ -179,14 +179,20 @@ class StoredImage:
 
     # -- reads --------------------------------------------------------------------------------
 
-    def decode_tile(self, level: int, ty: int, tx: int) -> np.ndarray:
+    def decode_tile(
+        self, level: int, ty: int, tx: int, *, out: np.ndarray | None = None
+    ) -> np.ndarray:
         """Tile (ty, tx) of a stored level as (tile_h, tile_w, 3) uint8, CRC checked; a tile the
-        LRU of region reads holds is not decoded again. The array may be a scratch buffer that
-        the next call overwrites: copy what you keep."""
-        cached = self._lru.get((level, ty, tx))
-        if cached is not None:
-            return cached
-        return self._decode(level, ty, tx, scratch=True)
+        LRU of region reads holds is not decoded again. With ``out`` ((tile_h, tile_w, 3) uint8,
+        C-contiguous) the tile is written there and ``out`` returned; without, the array may be
+        a scratch buffer that the next call overwrites: copy what you keep."""
+        tile = self._lru.get((level, ty, tx))
+        if tile is None:
+            tile = self._decode(level, ty, tx, scratch=True, into=out)
+        if out is not None and tile is not out:
+            out[...] = tile
+            return out
+        return tile
 
     def read_level(self, level: int) -> np.ndarray:
         """A whole level as (h, w, 3) uint8."""
@@ -275,14 +281,24 @@ class StoredImage:
         self.peak_cache_bytes = max(self.peak_cache_bytes, self.cached_bytes)
         return tile
 
-    def _decode(self, level: int, ty: int, tx: int, *, scratch: bool = False) -> np.ndarray:
+    def _decode(
+        self,
+        level: int,
+        ty: int,
+        tx: int,
+        *,
+        scratch: bool = False,
+        into: np.ndarray | None = None,
+    ) -> np.ndarray:
         lv = self._levels[level]
         index = ty * lv.across + tx
         data = self._tile_bytes(level, lv, index)
         try:
             if lv.jpeg is not None:
                 shape = (lv.tile_h, lv.tile_w, 3)
-                if scratch:
+                if into is not None and into.shape == shape and into.flags.c_contiguous:
+                    out = into
+                elif scratch:
                     if self._scratch is None or self._scratch.shape != shape:
                         self._scratch = np.empty(shape, dtype=np.uint8)
                     out = self._scratch
