@@ -7,7 +7,16 @@ Cases, each measured in its own subprocess so that memory figures do not pollute
 - ``generic``: one set as independent region reads through a generic reader (OpenSlide on the
   stored pyramidal TIFF, one ``read_region`` per patch, no shared decoding), the paper's way;
 - ``one``: one set from the store (the training case): open, plan, sample, close;
-- ``many``: N sets (the inference case) streamed through ``iter_sets`` with one tile cache.
+- ``many``: N sets (the inference case) streamed through ``iter_sets`` with one tile cache, into
+  one reused set buffer (``out=``: a consumer that is done with a set before the next);
+- ``fresh``: the same with a fresh array per set (``iter_sets`` without ``out=``);
+- ``last``: the same as ``many`` in the decoder's layout, (patches, size, size, 3)
+  (``channels_last=True``: no transposes; the consumer permutes on its device);
+- ``floor``: the decode floor: every level-0 and level-1 tile read (CRC checked) and decoded
+  once, into one reused buffer, and nothing else. N sets touch nearly every one of those tiles,
+  so no sampler that decodes can beat this; ``many / floor`` is what the sampler adds;
+- ``ratio``: ``floor`` and ``many`` alternated in one process, ``--rounds`` times, so that load
+  from other processes falls on both alike; wall and CPU (process) time, best and median.
 
 Memory is the peak resident set size above the subprocess's baseline (after imports), read
 from ``/proc/self/status`` (VmHWM, reset through ``/proc/self/clear_refs`` where allowed).
@@ -25,19 +34,23 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUME
     os.environ[_var] = "1"
 
 import argparse  # noqa: E402
+import inspect  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from functools import partial  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 TARGET_ONE_S, TARGET_ONE_MB = 0.15, 100.0
 TARGET_MANY_S, TARGET_MANY_MB = 1.0, 400.0
 TARGET_RATIO = 10.0
+TARGET_FLOOR_RATIO = 1.5  # N sets within 1.5x of decoding every level-0/1 tile once
 MAX_PIXELS = 400_000_000
 
 
@@ -211,7 +224,13 @@ def _case_generic(store_root: Path, sha: str, cfg: object, repeat: int) -> list[
 
 
 def _case_store(
-    store_root: Path, sha: str, cfg: object, repeat: int, n_sets: int
+    store_root: Path,
+    sha: str,
+    cfg: object,
+    repeat: int,
+    n_sets: int,
+    reuse: bool = True,
+    channels_last: bool = False,
 ) -> tuple[list[float], dict[str, float]]:
     from her2ops.imaging.pss import PSSConfig, iter_sets, sample_set
     from her2ops.imaging.store import CoreStore
@@ -220,6 +239,13 @@ def _case_store(
     store = CoreStore(store_root)
     times = []
     extra: dict[str, float] = {}
+    size = cfg.patch_size
+    shape = (cfg.num_patches, size, size, 3) if channels_last else (cfg.channels, size, size)
+    out = np.empty(shape, np.uint8) if reuse else None
+    # (a sampler older than ``out=`` makes fresh arrays: the script also measures the baseline)
+    kwargs: dict[str, Any] = {}
+    if "out" in inspect.signature(iter_sets).parameters:
+        kwargs = {"out": out, "channels_last": True} if channels_last else {"out": out}
     for rep in range(repeat):
         t0 = time.perf_counter()
         with store.open(sha, core="bench") as img:
@@ -228,7 +254,7 @@ def _case_store(
             else:
                 start = rep * n_sets
                 for _ in iter_sets(
-                    img, cfg, key="bench", seed=0, indices=range(start, start + n_sets)
+                    img, cfg, key="bench", seed=0, indices=range(start, start + n_sets), **kwargs
                 ):
                     pass  # a model would consume the set here
             extra = {
@@ -238,6 +264,48 @@ def _case_store(
             }
         times.append(time.perf_counter() - t0)
     return times, extra
+
+
+def _case_floor(store_root: Path, sha: str, repeat: int) -> tuple[list[float], dict[str, float]]:
+    from her2ops.imaging.store import CoreStore
+
+    store = CoreStore(store_root)
+    times = []
+    decoded = 0
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        with store.open(sha, core="bench") as img:
+            decode = getattr(img, "decode_tile", None) or partial(img._decode, scratch=True)
+            for level in (0, 1):
+                th = tw = 256  # the store's tile
+                h, w = img.level_shapes[level]
+                for ty in range(-(-h // th)):
+                    for tx in range(-(-w // tw)):
+                        decode(level, ty, tx)
+            decoded = img.tiles_decoded
+        times.append(time.perf_counter() - t0)
+    return times, {"tiles_decoded": decoded}
+
+
+def _case_ratio(
+    store_root: Path, sha: str, cfg: object, rounds: int, n_sets: int
+) -> dict[str, list[float]]:
+    from her2ops.imaging.pss import iter_sets
+
+    cases = ["floor", "many"]
+    if "channels_last" in inspect.signature(iter_sets).parameters:
+        cases.append("last")
+    times: dict[str, list[float]] = {c + k: [] for c in cases for k in ("", "_cpu")}
+    for _ in range(rounds):
+        for case in cases:
+            cpu = time.process_time()
+            if case == "floor":
+                wall, _ = _case_floor(store_root, sha, 1)
+            else:
+                wall, _ = _case_store(store_root, sha, cfg, 1, n_sets, channels_last=case == "last")
+            times[f"{case}_cpu"].append(time.process_time() - cpu)
+            times[case].extend(wall)
+    return times
 
 
 def run_case(args: argparse.Namespace) -> None:
@@ -254,15 +322,28 @@ def run_case(args: argparse.Namespace) -> None:
     cfg = get_profile(args.profile).pss
     baseline_kb = _status_kb("VmRSS")
     exact = _reset_peak()
-    extra: dict[str, float] = {}
+    extra: dict[str, float | list[float]] = {}
     if args.case == "naive":
         times = _case_naive(Path(args.png), cfg, args.repeat)
     elif args.case == "generic":
         times = _case_generic(Path(args.store), args.sha, cfg, args.repeat)
+    elif args.case == "floor":
+        times, floor_extra = _case_floor(Path(args.store), args.sha, args.repeat)
+        extra.update(floor_extra)
     elif args.case == "one":
-        times, extra = _case_store(Path(args.store), args.sha, cfg, args.repeat, 1)
+        times, store_extra = _case_store(Path(args.store), args.sha, cfg, args.repeat, 1)
+        extra.update(store_extra)
+    elif args.case == "ratio":
+        times = []
+        extra.update(_case_ratio(Path(args.store), args.sha, cfg, args.rounds, args.sets))
+    elif args.case == "fresh":
+        times, store_extra = _case_store(
+            Path(args.store), args.sha, cfg, args.repeat, args.sets, reuse=False
+        )
+        extra.update(store_extra)
     else:
-        times, extra = _case_store(Path(args.store), args.sha, cfg, args.repeat, args.sets)
+        times, store_extra = _case_store(Path(args.store), args.sha, cfg, args.repeat, args.sets)
+        extra.update(store_extra)
     peak_kb = _status_kb("VmHWM")
     print(
         json.dumps(
@@ -299,6 +380,8 @@ def _spawn(case: str, args: argparse.Namespace, png: Path, root: Path, sha: str)
         str(args.sets),
         "--repeat",
         str(args.naive_repeat if case in ("naive", "generic") else args.repeat),
+        "--rounds",
+        str(args.rounds),
     ]
     done = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ.copy())
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -312,10 +395,13 @@ def main() -> None:
     parser.add_argument("--profile", default="paper")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--naive-repeat", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=7, help="floor/N-set pairs for the ratio")
     parser.add_argument(
         "--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "her2ops-bench"
     )
-    parser.add_argument("--case", choices=["naive", "generic", "one", "many"])
+    parser.add_argument(
+        "--case", choices=["naive", "generic", "one", "many", "fresh", "floor", "ratio"]
+    )
     parser.add_argument("--png")
     parser.add_argument("--store")
     parser.add_argument("--sha")
@@ -328,7 +414,11 @@ def main() -> None:
     png, root, sha = prepare(args.cache_dir, args.size)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     results = {case: _spawn(case, args, png, root, sha) for case in ("naive", "generic", "one")}
+    # the two sides of the floor ratio run back to back, so that other load hits both alike
+    results["floor"] = _spawn("floor", args, png, root, sha)
     results["many"] = _spawn("many", args, png, root, sha)
+    results["fresh"] = _spawn("fresh", args, png, root, sha)
+    paired = _spawn("ratio", args, png, root, sha)
     best = {case: min(r["times"]) for case, r in results.items()}
     med = {case: statistics.median(r["times"]) for case, r in results.items()}
 
@@ -339,7 +429,9 @@ def main() -> None:
         "naive": "naive (Pillow decode PNG, crop, resize), 1 set",
         "generic": "generic reader (OpenSlide per patch), 1 set",
         "one": "store, 1 set (training)",
-        "many": f"store, {args.sets} sets (inference)",
+        "many": f"store, {args.sets} sets (inference, one buffer)",
+        "fresh": f"store, {args.sets} sets (a fresh array per set)",
+        "floor": "decode floor: every level-0/1 tile once",
     }
     for case, label in labels.items():
         print(f"{label:<48} {best[case]:>8.3f} {med[case]:>9.3f} {results[case]['peak_mb']:>8.1f}")
@@ -357,6 +449,32 @@ def main() -> None:
         f"{args.naive_repeat} for naive/generic; PASS/FAIL on the best run (as timeit does: "
         "other load only adds time)"
     )
+    print(
+        f"\n{args.sets} sets vs the decode floor ({results['floor']['tiles_decoded']:.0f} tiles), "
+        f"alternated in one process, {args.rounds} rounds, one core:"
+    )
+    last = "last" in paired
+    print(
+        f"{'':<22} {'floor s':>8} {f'{args.sets} sets s':>10} {'ratio':>6}"
+        + (f" {'channels-last s':>16} {'ratio':>6}" if last else "")
+    )
+    for label, key, pick in (
+        ("best, wall", "", min),
+        ("median, wall", "", statistics.median),
+        ("best, CPU", "_cpu", min),
+        ("median, CPU", "_cpu", statistics.median),
+    ):
+        f, m = pick(paired[f"floor{key}"]), pick(paired[f"many{key}"])
+        line = f"{label:<22} {f:>8.3f} {m:>10.3f} {m / f:>5.2f}x"
+        if last:
+            c = pick(paired[f"last{key}"])
+            line += f" {c:>16.3f} {c / f:>5.2f}x"
+        print(line)
+    floor_ratio = min(paired["many"]) / min(paired["floor"])
+    print(
+        f"separate runs: {best['many'] / best['floor']:.2f}x (one buffer), "
+        f"{best['fresh'] / best['floor']:.2f}x (a fresh array per set)"
+    )
     if not all(r["peak_exact"] for r in results.values()):
         print("note: peak RSS could not be reset; peaks include import-time allocations")
     checks = [
@@ -365,6 +483,10 @@ def main() -> None:
         (f"{args.sets} sets <= {TARGET_MANY_S} s", best["many"] <= TARGET_MANY_S),
         (f"{args.sets} sets <= {TARGET_MANY_MB:.0f} MB", many["peak_mb"] <= TARGET_MANY_MB),
         (f"1 set >= {TARGET_RATIO:.0f}x faster than naive", ratio >= TARGET_RATIO),
+        (
+            f"{args.sets} sets <= {TARGET_FLOOR_RATIO}x the decode floor",
+            floor_ratio <= TARGET_FLOOR_RATIO,
+        ),
     ]
     for label, ok in checks:
         print(f"{'PASS' if ok else 'FAIL'}  {label}")

@@ -11,9 +11,11 @@ import pytest
 import tifffile
 from PIL import Image
 
+from her2ops.imaging.gather import TileGather
 from her2ops.imaging.readers import ImageError
 from her2ops.imaging.store import (
     CoreStore,
+    StoredImage,
     StoreError,
     downsample2,
     pyramid_shapes,
@@ -127,25 +129,29 @@ def test_reads_decode_only_the_tiles_they_touch(tmp_path: Path, core: tuple) -> 
         assert img.tiles_decoded == 4
 
 
-def test_planned_reads_decode_each_tile_once(tmp_path: Path, core: tuple) -> None:
+def test_gathered_reads_decode_each_tile_once(tmp_path: Path, core: tuple) -> None:
     src, image = core
     store = CoreStore(tmp_path / "s", lossless=True)
     sha = store.put(src, max_pixels=MAX).sha256
     regions = [(0, y, x, 200, 200) for y in (0, 150, 300, 390) for x in (0, 240, 480, 500)]
+    batches = [regions[i : i + 3] for i in range(0, len(regions), 3)]  # one batch per "set"
+
+    def gather_all(img: StoredImage) -> None:
+        with TileGather(img, batches) as gather:
+            for batch in batches:
+                outs = [np.empty((3, h, w), np.uint8) for _, _, _, h, w in batch]
+                gather.fill(outs)
+                for (_, y, x, h, w), out in zip(batch, outs, strict=True):
+                    np.testing.assert_array_equal(
+                        out, image[y : y + h, x : x + w].transpose(2, 0, 1)
+                    )
+
     with store.open(sha) as img:
-        img.plan(regions)
-        for level, y, x, h, w in regions:
-            np.testing.assert_array_equal(
-                img.read_region(level, y, x, h, w), image[y : y + h, x : x + w]
-            )
+        gather_all(img)
         assert img.tiles_decoded == 9  # the 3 x 3 tiles of level 0, each once
     with store.open(sha, cache_bytes=200_000) as img:  # room for one tile: Belady evicts
-        img.plan(regions)
-        for level, y, x, h, w in regions:
-            np.testing.assert_array_equal(
-                img.read_region(level, y, x, h, w), image[y : y + h, x : x + w]
-            )
-        assert img.peak_cache_bytes <= 200_000 + 256 * 256 * 3
+        gather_all(img)
+        assert img.peak_cache_bytes <= 200_000
         assert img.tiles_decoded > 9
 
 
@@ -251,7 +257,7 @@ def test_truncated_or_missing_store_file(tmp_path: Path, core: tuple) -> None:
 
 
 def test_region_reads_equal_tifffiles_own_decoding(tmp_path: Path, core: tuple) -> None:
-    """Planned, cached, scratch-decoded and LRU reads all give tifffile's pixels exactly."""
+    """Gathered (cached, scratch-decoded) and LRU reads all give tifffile's pixels exactly."""
     src, _ = core
     store = CoreStore(tmp_path / "s")
     sha = store.put(src, max_pixels=MAX).sha256
@@ -260,9 +266,10 @@ def test_region_reads_equal_tifffiles_own_decoding(tmp_path: Path, core: tuple) 
     regions = [(0, 10, 20, 300, 400), (1, 5, 7, 200, 250), (0, 250, 250, 300, 300)]
     with store.open(sha) as img:
         unplanned = [img.read_region(*r) for r in regions]
-    with store.open(sha) as img:
-        img.plan(regions)
-        planned = [img.read_region(*r) for r in regions]
+    with store.open(sha) as img, TileGather(img, [regions[:2], regions[2:]]) as gather:
+        planned = [np.empty((3, h, w), np.uint8) for *_, h, w in regions]
+        gather.fill(planned[:2])
+        gather.fill(planned[2:])
     for (level, y, x, h, w), a, b in zip(regions, unplanned, planned, strict=True):
         np.testing.assert_array_equal(a, reference[level][y : y + h, x : x + w])
-        np.testing.assert_array_equal(b, reference[level][y : y + h, x : x + w])
+        np.testing.assert_array_equal(b.transpose(1, 2, 0), reference[level][y : y + h, x : x + w])

@@ -19,8 +19,11 @@ The sampler reads a core from the image store (:class:`~her2ops.imaging.store.St
 - a level smaller than the patch raises :class:`SamplingError`, or with ``cfg.pad_small`` is
   centred on white.
 
-All reads of a call are announced to the image first (:meth:`StoredImage.plan`), so each tile
-is decoded once per call however many patches or sets touch it.
+All patch reads of a call are planned up front and handed to a
+:class:`~her2ops.imaging.gather.TileGather`, so each tile is decoded once per call however
+many patches or sets touch it, and patches are written straight into the output (a buffer the
+caller may pass and reuse: ``out=``). The whole-core patch is computed once per open image and
+copied into every set.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import numpy as np
 from PIL import Image
 
 if TYPE_CHECKING:
+    from her2ops.imaging.gather import TileGather
     from her2ops.imaging.store import StoredImage
 
 Placement = Literal["uniform", "tissue"]
@@ -108,49 +112,76 @@ def plan_set(img: StoredImage, cfg: PSSConfig, *, key: str, seed: int, index: in
     return SetPlan(index=index, patches=tuple(patches))
 
 
-def sample_set(img: StoredImage, cfg: PSSConfig, *, key: str, seed: int, index: int) -> np.ndarray:
+def sample_set(
+    img: StoredImage,
+    cfg: PSSConfig,
+    *,
+    key: str,
+    seed: int,
+    index: int,
+    out: np.ndarray | None = None,
+    channels_last: bool = False,
+) -> np.ndarray:
     """One PSS as a (cfg.channels, size, size) uint8 array: level-0 patches, then level-1 ...,
-    then the whole-core patch; each patch is 3 channels of RGB (CHW)."""
+    then the whole-core patch; each patch is 3 channels of RGB (CHW). Written into ``out`` when
+    given (and returned). With ``channels_last`` the same pixels come as
+    (cfg.num_patches, size, size, 3), the decoder's layout: no transposes, for a consumer that
+    permutes on its device (``x.permute(0, 3, 1, 2).reshape(channels, size, size)``)."""
     plan = plan_set(img, cfg, key=key, seed=seed, index=index)
-    _prepare(img, cfg, [plan])
-    out = np.empty((cfg.channels, cfg.patch_size, cfg.patch_size), dtype=np.uint8)
-    try:
-        return _assemble(img, cfg, plan, out)
-    finally:
-        img.clear_plan()
+    out = _output(cfg, out, (), channels_last)
+    with _gather(img, cfg, [[plan]], channels_last) as gather:
+        _fill(gather, cfg, [plan], [out])
+    return out
 
 
 def iter_sets(
-    img: StoredImage, cfg: PSSConfig, *, key: str, seed: int, indices: Iterable[int]
+    img: StoredImage,
+    cfg: PSSConfig,
+    *,
+    key: str,
+    seed: int,
+    indices: Iterable[int],
+    out: np.ndarray | None = None,
+    channels_last: bool = False,
 ) -> Iterator[np.ndarray]:
-    """Yield the sets ``indices`` one at a time (each a fresh array), planning all their reads
-    up front so a tile shared by several sets is decoded once; memory stays at one set plus the
-    image's tile cache, which is what inference over N sets wants."""
+    """Yield the sets ``indices`` one at a time, planning all their reads up front so a tile
+    shared by several sets is decoded once; memory stays at one set plus the tiles kept for
+    later sets (within the image's ``cache_bytes``), which is what inference over N sets wants.
+
+    Each set is a fresh array, unless ``out`` ((cfg.channels, size, size) uint8) is given: then
+    every set is written into it and ``out`` itself is yielded, so the consumer must be done with
+    a set before asking for the next (no new memory per set: the fast way to stream).
+    ``channels_last``: see :func:`sample_set`.
+    """
     plans = [plan_set(img, cfg, key=key, seed=seed, index=i) for i in indices]
-    _prepare(img, cfg, plans)
-    try:
+    if out is not None:
+        out = _output(cfg, out, (), channels_last)
+    with _gather(img, cfg, [[plan] for plan in plans], channels_last) as gather:
         for plan in plans:
-            out = np.empty((cfg.channels, cfg.patch_size, cfg.patch_size), dtype=np.uint8)
-            yield _assemble(img, cfg, plan, out)
-    finally:  # also when the consumer stops early: drop the tiles kept for unread sets
-        img.clear_plan()
+            target = out if out is not None else _output(cfg, None, (), channels_last)
+            _fill(gather, cfg, [plan], [target])
+            yield target
 
 
 def sample_sets(
-    img: StoredImage, cfg: PSSConfig, *, key: str, seed: int, indices: Sequence[int]
+    img: StoredImage,
+    cfg: PSSConfig,
+    *,
+    key: str,
+    seed: int,
+    indices: Sequence[int],
+    out: np.ndarray | None = None,
+    channels_last: bool = False,
 ) -> np.ndarray:
-    """Sets ``indices`` stacked as (n, cfg.channels, size, size) uint8; same values as
-    :func:`sample_set` for each index. This holds all n sets at once (20 paper sets are 800 MB);
-    :func:`iter_sets` streams them through the same tile cache instead."""
+    """Sets ``indices`` stacked as (n, cfg.channels, size, size) uint8 (into ``out`` when given);
+    same values as :func:`sample_set` for each index. This holds all n sets at once (20 paper
+    sets are 800 MB) and so needs no tile cache: each tile is decoded once and copied into every
+    patch of every set that overlaps it. :func:`iter_sets` streams them instead.
+    ``channels_last``: see :func:`sample_set`."""
     plans = [plan_set(img, cfg, key=key, seed=seed, index=i) for i in indices]
-    _prepare(img, cfg, plans)
-    size = cfg.patch_size
-    out = np.empty((len(plans), cfg.channels, size, size), dtype=np.uint8)
-    try:
-        for row, plan in zip(out, plans, strict=True):
-            _assemble(img, cfg, plan, row)
-    finally:
-        img.clear_plan()
+    out = _output(cfg, out, (len(plans),), channels_last)
+    with _gather(img, cfg, [plans], channels_last) as gather:
+        _fill(gather, cfg, plans, list(out))
     return out
 
 
@@ -202,26 +233,57 @@ def _check_config(cfg: PSSConfig) -> None:
         raise ValueError(f"unknown placement {cfg.placement!r} (uniform, tissue)")
 
 
-def _prepare(img: StoredImage, cfg: PSSConfig, plans: Sequence[SetPlan]) -> None:
-    # The whole-core patch first (memoised; its level's tiles pass through the image's small LRU,
-    # where planned reads of the same tiles still find them), then announce the patch reads.
+def _output(
+    cfg: PSSConfig, out: np.ndarray | None, lead: tuple[int, ...], channels_last: bool = False
+) -> np.ndarray:
+    size = cfg.patch_size
+    per_set = (cfg.num_patches, size, size, 3) if channels_last else (cfg.channels, size, size)
+    shape = (*lead, *per_set)
+    if out is None:
+        return np.empty(shape, dtype=np.uint8)
+    if out.shape != shape or out.dtype != np.uint8 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be C-contiguous uint8 {shape}, got {out.dtype} {out.shape}")
+    return out
+
+
+def _gather(
+    img: StoredImage,
+    cfg: PSSConfig,
+    batches: Sequence[Sequence[SetPlan]],
+    channels_last: bool = False,
+) -> TileGather:
+    """A gather over ``batches`` (each a list of sets filled together), after the whole-core
+    patch is made (memoised on the image; its level's tiles pass through the image's LRU)."""
+    from her2ops.imaging.gather import TileGather
+
     if cfg.whole_core:
         whole_core_patch(img, cfg)
-    img.plan(region for plan in plans for region in _regions(plan, cfg))
-
-
-def _regions(plan: SetPlan, cfg: PSSConfig) -> list[tuple[int, int, int, int, int]]:
     size = cfg.patch_size
-    return [(level, y, x, size, size) for level, y, x in plan.patches]
+    regions = [
+        [(level, y, x, size, size) for plan in plans for level, y, x in plan.patches]
+        for plans in batches
+    ]
+    return TileGather(img, regions, channels_last=channels_last)
 
 
-def _assemble(img: StoredImage, cfg: PSSConfig, plan: SetPlan, out: np.ndarray) -> np.ndarray:
-    size = cfg.patch_size
-    for i, (level, y, x) in enumerate(plan.patches):
-        img.read_region(level, y, x, size, size, out=out[3 * i : 3 * i + 3], channels_first=True)
+def _fill(
+    gather: TileGather, cfg: PSSConfig, plans: Sequence[SetPlan], outs: Sequence[np.ndarray]
+) -> None:
+    """Fill the gather's next batch (``plans``) into the sets ``outs``."""
+    last = gather.channels_last
+    views = [
+        out[i] if last else out[3 * i : 3 * i + 3]
+        for plan, out in zip(plans, outs, strict=True)
+        for i in range(len(plan.patches))
+    ]
+    gather.fill(views)
     if cfg.whole_core:
-        out[-3:] = whole_core_patch(img, cfg)
-    return out
+        whole = whole_core_patch(img=gather.img, cfg=cfg)
+        for out in outs:
+            if last:
+                out[-1] = whole.transpose(1, 2, 0)
+            else:
+                out[-3:] = whole
 
 
 def _positions(

@@ -20,21 +20,35 @@ Every image becomes an ``(H, W, 3)`` uint8 RGB array. Conversions, reported in
 Refused with :class:`ImageError`: missing, unreadable, truncated or corrupt files, images with more
 than ``max_pixels`` pixels (checked from the header, before anything is decoded), and modes with
 no faithful RGB meaning (float, signed or 32-bit integer, CMYK TIFF, multi-channel stacks).
+
+Decoding is strict: a PNG is decoded by libpng (through imagecodecs), which refuses pixel data
+that stops early even when every chunk is valid and IEND is present (Pillow fills such rows with
+black); a JPEG must hold complete segments and an end-of-image marker after its last scan; in
+TIFF, any decoder warning is an error (:mod:`her2ops.imaging.tiff_reader`). Files with several
+images (multi-page TIFF, animated PNG, multi-picture JPEG) are refused, naming how many they
+hold, unless the caller chooses one with ``page=``.
+
+Memory: the output ``(H, W, 3)`` array is allocated once and 8-bit RGB PNG and JPEG data, and TIFF
+segment by segment, are decoded straight into it, so validating an image takes about its RGB
+size plus the compressed file (other PNG modes add one decoded copy in their own sample format;
+a chosen frame of an animation goes through Pillow).
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from her2ops.errors import InvalidRequest
 
 # Whole-slide formats OpenSlide reads; TIFF-based ones are tried with tifffile first.
 SLIDE_SUFFIXES = frozenset(
@@ -47,7 +61,7 @@ _HASH_CHUNK = 1 << 20
 _PIL_LIMIT_LOCK = threading.Lock()
 
 
-class ImageError(ValueError):
+class ImageError(InvalidRequest, ValueError):
     """An input image is missing, unreadable, corrupt, too large or of an unsupported kind."""
 
 
@@ -73,25 +87,29 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def inspect_image(path: Path | str, *, max_pixels: int) -> ImageInfo:
+def inspect_image(path: Path | str, *, max_pixels: int, page: int | None = None) -> ImageInfo:
     """Validate an image fully (header, size limit, complete decode) and describe it."""
-    info, _ = read_rgb(path, max_pixels=max_pixels)
+    info, _ = read_rgb(path, max_pixels=max_pixels, page=page)
     return info
 
 
-def load_rgb(path: Path | str, *, max_pixels: int) -> np.ndarray:
+def load_rgb(path: Path | str, *, max_pixels: int, page: int | None = None) -> np.ndarray:
     """Decode an image to an ``(H, W, 3)`` uint8 RGB array with the documented conversions."""
-    _, rgb = read_rgb(path, max_pixels=max_pixels)
+    _, rgb = read_rgb(path, max_pixels=max_pixels, page=page)
     return rgb
 
 
 def read_rgb(
-    path: Path | str, *, max_pixels: int, sha256: str | None = None
+    path: Path | str, *, max_pixels: int, sha256: str | None = None, page: int | None = None
 ) -> tuple[ImageInfo, np.ndarray]:
     """Validate and decode in one pass: ``(info, rgb)``; what ingest uses to decode once.
 
     ``sha256``, when the caller already hashed the file, is trusted instead of hashing again.
+    ``page`` chooses one image of a file that holds several (0-based); without it such a file
+    is refused. A single image is page 0.
     """
+    if page is not None and page < 0:
+        raise ImageError(f"{path}: page must be >= 0, got {page}")
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: no such file")
@@ -105,21 +123,23 @@ def read_rgb(
     suffix = path.suffix.lower()
 
     if magic in _TIFF_MAGIC:
+        from her2ops.imaging.tiff_reader import TiffUnreadable, decode_tiff
+
         try:
-            fmt, mode, conversion, rgb = _decode_tiff(path, max_pixels)
-        except _TiffUnreadable as exc:
+            fmt, mode, conversion, rgb = decode_tiff(path, max_pixels, page)
+        except TiffUnreadable as exc:
             if suffix not in SLIDE_SUFFIXES:
                 raise
-            fmt, mode, conversion, rgb = _decode_openslide(path, max_pixels, first_error=exc)
+            fmt, mode, conversion, rgb = _decode_openslide(path, max_pixels, page, exc)
     else:
         try:
-            fmt, mode, conversion, rgb = _decode_pillow(path, max_pixels)
+            fmt, mode, conversion, rgb = _decode_pillow(path, max_pixels, page)
         except _NotPillow as exc:
             if suffix not in SLIDE_SUFFIXES:
                 raise ImageError(
                     f"{path}: not a supported image (PNG, JPEG, TIFF or a slide format): {exc}"
                 ) from None
-            fmt, mode, conversion, rgb = _decode_openslide(path, max_pixels, first_error=exc)
+            fmt, mode, conversion, rgb = _decode_openslide(path, max_pixels, page, exc)
 
     height, width = rgb.shape[:2]
     info = ImageInfo(
@@ -134,7 +154,8 @@ def read_rgb(
     return info, rgb
 
 
-def _check_size(path: Path, width: int, height: int, max_pixels: int) -> None:
+def check_size(path: Path, width: int, height: int, max_pixels: int) -> None:
+    """Refuse an invalid or too large size (from a header, before decoding)."""
     if width <= 0 or height <= 0:
         raise ImageError(f"{path}: invalid image size {width}x{height}")
     if width * height > max_pixels:
@@ -165,7 +186,9 @@ def _pillow_limit_off() -> Iterator[None]:
             Image.MAX_IMAGE_PIXELS = saved
 
 
-def _decode_pillow(path: Path, max_pixels: int) -> tuple[str, str, str | None, np.ndarray]:
+def _decode_pillow(
+    path: Path, max_pixels: int, page: int | None
+) -> tuple[str, str, str | None, np.ndarray]:
     try:
         with _pillow_limit_off():
             im = Image.open(path)
@@ -178,25 +201,195 @@ def _decode_pillow(path: Path, max_pixels: int) -> tuple[str, str, str | None, n
         if fmt not in PILLOW_FORMATS:
             raise ImageError(f"{path}: {fmt} images are not supported (PNG, JPEG, TIFF, slides)")
         width, height = im.size
-        _check_size(path, width, height, max_pixels)
+        check_size(path, width, height, max_pixels)
+        frames = int(getattr(im, "n_frames", 1))
+        what = "frames (an animated PNG)" if fmt == "PNG" else "pictures (a multi-picture JPEG)"
+        if frames > 1 and page is None:
+            raise ImageError(
+                f"{path}: holds {frames} {what}; choose one (page 0 to {frames - 1}) "
+                "instead of taking the first"
+            )
+        if page is not None and page >= frames:
+            raise ImageError(f"{path}: page {page} asked, the file holds {frames} image(s)")
         rawmode = str(im.tile[0].args) if im.tile and isinstance(im.tile[0].args, str) else ""
-        mode = im.mode
+        mode, conversion = _pillow_mode(path, im.mode, rawmode, "transparency" in im.info)
         if fmt == "PNG":
             _verify_png(path)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                im.load()
-        except Exception as exc:  # Pillow raises OSError, SyntaxError, zlib.error ...
-            raise ImageError(f"{path}: truncated or corrupt image data: {exc}") from None
-        conversion, rgb = _pillow_to_rgb(path, im, rawmode)
+        data = path.read_bytes()
+        if fmt == "PNG" and frames == 1:
+            rgb = _decode_png(path, data, (height, width))
+        elif fmt != "PNG" and frames == 1 and im.mode in ("RGB", "L"):
+            rgb = _decode_jpeg(path, data, (height, width), gray=im.mode == "L")
+        else:  # a chosen frame, or a CMYK / YCbCr JPEG: Pillow, strictly
+            if fmt == "JPEG":
+                _check_jpeg(path, data)
+            if page:
+                im.seek(page)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error")
+                    im.load()
+            except Exception as exc:  # Pillow raises OSError, SyntaxError, zlib.error ...
+                raise ImageError(f"{path}: truncated or corrupt image data: {exc}") from None
+            if page:  # a later frame may differ in mode
+                rawmode = ""
+                mode, conversion = _pillow_mode(path, im.mode, rawmode, "transparency" in im.info)
+            _, rgb = _pillow_to_rgb(path, im, rawmode)
     if rgb.shape[:2] != (height, width):
         raise ImageError(f"{path}: decoded size {rgb.shape[:2]} does not match header")
-    if rawmode.endswith(";16B") and mode in ("RGB", "RGBA"):
-        # Pillow keeps the high byte of 16-bit colour PNGs; say so.
-        mode = f"{mode};16"
-        conversion = f"{mode}->RGB (scaled >>8)" + (" over white" if "A" in mode else "")
     return fmt, mode, conversion, rgb
+
+
+def _pillow_mode(path: Path, mode: str, rawmode: str, transparency: bool) -> tuple[str, str | None]:
+    """The mode we report and the conversion to RGB, from Pillow's view of the header."""
+    if mode in ("RGB", "RGBA") and rawmode.endswith(";16B"):
+        # Pillow keeps the high byte of 16-bit colour PNGs; libpng's >> 8 is the same: say so.
+        return f"{mode};16", f"{mode};16->RGB (scaled >>8)" + (" over white" if "A" in mode else "")
+    if mode == "RGB":
+        return mode, None
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and transparency):
+        return mode, f"{mode}->RGB over white"
+    if mode in ("L", "1", "P", "CMYK", "YCbCr"):
+        return mode, f"{mode}->RGB"
+    if mode.startswith("I;16") or mode == "I":
+        return mode, f"{mode}->RGB (scaled >>8)"
+    raise ImageError(f"{path}: image mode {mode} ({rawmode or 'unknown raw mode'}) not supported")
+
+
+def _decode_png(path: Path, data: bytes, shape: tuple[int, int]) -> np.ndarray:
+    """libpng: strict (pixel data that stops early is an error), 8-bit RGB straight into the
+    output; other layouts converted in strips."""
+    import imagecodecs
+
+    rgb = np.empty((*shape, 3), dtype=np.uint8)
+    try:
+        ihdr = data[16:26]  # width, height, bit depth, colour type (after the signature + IHDR)
+        if len(ihdr) == 10 and ihdr[8] == 8 and ihdr[9] == 2:
+            decoded = imagecodecs.png_decode(data, out=rgb)
+            if decoded is rgb:
+                return rgb
+        else:
+            decoded = imagecodecs.png_decode(data)
+    except Exception as exc:  # imagecodecs.PngError: "Not enough image data", CRC errors ...
+        raise ImageError(f"{path}: truncated or corrupt image data: {exc}") from None
+    if decoded.shape[:2] != shape:
+        raise ImageError(f"{path}: decoded size {decoded.shape[:2]} does not match header")
+    samples = 1 if decoded.ndim == 2 else int(decoded.shape[2])
+    if samples not in (1, 2, 3, 4) or decoded.dtype not in (np.uint8, np.uint16):
+        raise ImageError(f"{path}: PNG layout {decoded.shape} {decoded.dtype} not supported")
+    scale = "shift" if decoded.dtype == np.uint16 else None
+    conv = PixelConversion(samples=samples, scale=scale, mode="", description=None)
+    for y in range(0, shape[0], _STRIP_ROWS):
+        conv.apply(decoded[y : y + _STRIP_ROWS], rgb[y : y + _STRIP_ROWS])
+    return rgb
+
+
+# Where the entropy-coded data of a JPEG scan ends: a 0xFF that is neither byte stuffing
+# (0xFF00), a restart marker (0xFFD0-D7) nor a fill byte.
+_SCAN_END = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
+_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
+
+
+def _check_jpeg(path: Path, data: bytes) -> None:
+    """Every segment complete and an end-of-image marker after the last scan: a JPEG cut short
+    anywhere (libjpeg would fill the rest in grey with a mere warning) is refused."""
+    pos, scans, size = 2, 0, len(data)
+    if not data.startswith(b"\xff\xd8"):
+        raise ImageError(f"{path}: corrupt JPEG (no start-of-image marker)")
+    while True:
+        if pos + 2 > size:
+            raise ImageError(f"{path}: truncated JPEG (no end-of-image marker)")
+        if data[pos] != 0xFF:
+            raise ImageError(f"{path}: corrupt JPEG (no marker at byte {pos:,})")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xD9:
+            if not scans:
+                raise ImageError(f"{path}: corrupt JPEG (no image data)")
+            return
+        if marker in _STANDALONE:
+            pos += 2
+            continue
+        if pos + 4 > size:
+            raise ImageError(f"{path}: truncated JPEG (segment header cut at byte {pos:,})")
+        end = pos + 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if end > size:
+            raise ImageError(f"{path}: truncated JPEG (segment ends past the end of the file)")
+        pos = end
+        if marker == 0xDA:  # start of scan: skip its entropy-coded data
+            scans += 1
+            found = _SCAN_END.search(data, pos)
+            if found is None:
+                raise ImageError(f"{path}: truncated JPEG (scan data runs to the end of file)")
+            pos = found.end() - 2
+
+
+def _decode_jpeg(path: Path, data: bytes, shape: tuple[int, int], *, gray: bool) -> np.ndarray:
+    """libjpeg-turbo (the decoder Pillow wraps, same pixels) straight into the output."""
+    import imagecodecs
+
+    _check_jpeg(path, data)
+    rgb = np.empty((*shape, 3), dtype=np.uint8)
+    try:
+        decoded = imagecodecs.jpeg8_decode(data, out=None if gray else rgb)
+    except Exception as exc:
+        raise ImageError(f"{path}: truncated or corrupt image data: {exc}") from None
+    if decoded is rgb:
+        return rgb
+    if decoded.shape[:2] != shape or decoded.dtype != np.uint8:
+        raise ImageError(f"{path}: decoded size {decoded.shape[:2]} does not match header")
+    rgb[...] = decoded.reshape(*shape, -1)[..., :1]
+    return rgb
+
+
+@dataclass(frozen=True)
+class PixelConversion:
+    """How decoded samples become RGB (the documented conversions), applied chunk by chunk so
+    that no full-size temporary is needed."""
+
+    samples: int
+    scale: str | None  # None (uint8), "shift" (uint16 >> 8) or "bool" (0/1 -> 0/255)
+    mode: str
+    description: str | None
+    lut: np.ndarray | None = None  # palette (entries, 3), indexed by the raw sample
+    invert: bool = False  # min-is-white: 255 - x on every sample, after scaling
+    premultiplied: bool = False  # associated alpha
+
+    def depth(self, chunk: np.ndarray) -> np.ndarray:
+        """Samples as uint8 (the high byte of 16-bit samples)."""
+        if self.scale == "shift":
+            return (chunk >> 8).astype(np.uint8)
+        if self.scale == "bool":
+            return chunk.astype(np.uint8) * 255
+        return chunk
+
+    def apply(self, chunk: np.ndarray, out: np.ndarray, *, scaled: bool = False) -> None:
+        """Convert ``chunk`` ((h, w) or (h, w, samples)) into ``out`` ((h, w, 3) uint8);
+        ``scaled``: the chunk is uint8 already."""
+        if chunk.ndim == 2:
+            chunk = chunk[..., None]
+        if self.lut is not None:
+            index = chunk[..., 0].astype(np.intp)
+            if index.max(initial=0) >= self.lut.shape[0]:
+                raise ImageError("palette index out of range of its colour map")
+            out[...] = self.lut[index]
+            return
+        data = chunk if scaled else self.depth(chunk)
+        if self.invert:
+            data = 255 - data
+        if self.samples == 1:
+            out[...] = data[..., :1]
+        elif self.samples == 2:
+            out[...] = _over_white(data[..., :1], data[..., 1])
+        elif self.samples == 3:
+            out[...] = data[..., :3]
+        elif self.premultiplied:
+            alpha = 255 - data[..., 3].astype(np.uint16)
+            out[...] = (data[..., :3].astype(np.uint16) + alpha[..., None]).clip(0, 255)
+        else:
+            out[...] = _over_white(data[..., :3], data[..., 3])
 
 
 def _verify_png(path: Path) -> None:
@@ -235,146 +428,16 @@ def _over_white(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return out.astype(np.uint8)
 
 
-# --- tifffile (TIFF, BigTIFF, pyramidal, SVS ...) -----------------------------------------------
-
-
-class _TiffUnreadable(ImageError):
-    """tifffile cannot parse the file's structure (OpenSlide may still read a slide format)."""
-
-
-def _decode_tiff(path: Path, max_pixels: int) -> tuple[str, str, str | None, np.ndarray]:
-    import tifffile
-
-    try:
-        tf = tifffile.TiffFile(path)
-    except Exception as exc:
-        raise _TiffUnreadable(f"{path}: unreadable or corrupt TIFF: {exc}") from None
-    with tf:
-        try:
-            series = tf.series[0]
-            level = series.levels[0] if series.levels else series
-            page = level.keyframe
-            axes, shape = level.axes, level.shape
-        except Exception as exc:
-            raise _TiffUnreadable(f"{path}: unreadable or corrupt TIFF structure: {exc}") from None
-        if "Y" not in axes or "X" not in axes:
-            raise ImageError(f"{path}: TIFF series has no Y/X axes ({axes})")
-        height, width = shape[axes.index("Y")], shape[axes.index("X")]
-        _check_size(path, width, height, max_pixels)
-        fmt = "BigTIFF" if tf.is_bigtiff else "TIFF"
-        for flag in ("svs", "ndpi", "scn", "ome", "bif"):
-            if getattr(tf, f"is_{flag}", False):
-                fmt += f" ({flag.upper()})"
-                break
-        _check_extent(path, tf, level.pages)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                data = level.asarray()
-        except Exception as exc:
-            raise ImageError(f"{path}: truncated or corrupt TIFF data: {exc}") from None
-        return (fmt, *_tiff_to_rgb(path, data, axes, page))
-
-
-def _check_extent(path: Path, tf: Any, pages: Any) -> None:
-    # A truncated TIFF can keep a valid header: tiles past the end of file would decode as zeros.
-    size = tf.filehandle.size
-    for page in pages:
-        if page is None:
-            continue
-        for offset, count in zip(page.dataoffsets, page.databytecounts, strict=False):
-            if count and offset + count > size:
-                raise ImageError(
-                    f"{path}: truncated TIFF (image data ends at byte {offset + count:,}, "
-                    f"file has {size:,})"
-                )
-
-
-def _tiff_to_rgb(
-    path: Path, data: np.ndarray, axes: str, page: Any
-) -> tuple[str, str | None, np.ndarray]:
-    import tifffile
-
-    # Bring the array to (Y, X, S); any other leading axes (pages, Z, T) must have length 1.
-    sample_axis = next((a for a in "SC" if a in axes), None)
-    order = [axes.index("Y"), axes.index("X")]
-    if sample_axis is not None:
-        order.append(axes.index(sample_axis))
-    others = [i for i in range(data.ndim) if i not in order]
-    if any(data.shape[i] != 1 for i in others):
-        raise ImageError(f"{path}: TIFF with extra dimensions {axes} {data.shape} not supported")
-    data = data.transpose(*others, *order).reshape([data.shape[i] for i in order])
-    if data.ndim == 2:
-        data = data[..., None]
-    samples = data.shape[2]
-    photometric = page.photometric
-    kind = data.dtype
-
-    if kind == np.bool_:
-        data, depth = data.astype(np.uint8) * 255, ""
-    elif kind == np.uint8:
-        depth = ""
-    elif kind == np.uint16:
-        depth = ";16"
-    else:
-        raise ImageError(f"{path}: TIFF sample type {kind} not supported (uint8, uint16 only)")
-
-    conversion: list[str] = []
-    if photometric == tifffile.PHOTOMETRIC.PALETTE and samples == 1:
-        cmap = page.colormap
-        if cmap is None:
-            raise ImageError(f"{path}: palette TIFF without a colour map")
-        lut = (np.asarray(cmap, dtype=np.uint32) >> 8).astype(np.uint8).T  # (entries, 3)
-        index = data[..., 0].astype(np.intp)
-        if index.max(initial=0) >= lut.shape[0]:
-            raise ImageError(f"{path}: palette index out of range of its colour map")
-        return "P", "P->RGB", lut[index]
-    if photometric in (tifffile.PHOTOMETRIC.SEPARATED, tifffile.PHOTOMETRIC.CIELAB):
-        raise ImageError(f"{path}: TIFF colour space {photometric.name} not supported")
-    if depth:
-        data = (data >> 8).astype(np.uint8)
-        conversion.append("scaled >>8")
-    if photometric == tifffile.PHOTOMETRIC.MINISWHITE:
-        data = 255 - data
-        conversion.append("inverted (min-is-white)")
-
-    if samples in (1, 2):
-        mode = ("L" if samples == 1 else "LA") + depth
-        gray = np.repeat(data[..., :1], 3, axis=2)
-        rgb = _over_white(gray, data[..., 1]) if samples == 2 else gray
-        extra = " over white" if samples == 2 else ""
-        return mode, f"{mode}->RGB{extra}" + _suffix(conversion), rgb
-    if samples == 3:
-        mode = "RGB" + depth
-        return mode, (f"{mode}->RGB" + _suffix(conversion)) if conversion else None, data
-    if samples == 4:
-        mode = "RGBA" + depth
-        rgb, alpha = data[..., :3], data[..., 3]
-        extrasamples = tuple(page.extrasamples or ())
-        if extrasamples and extrasamples[0] == tifffile.EXTRASAMPLE.ASSOCALPHA:
-            # premultiplied: colour already scaled by alpha, so add white * (1 - alpha)
-            out = rgb.astype(np.uint16) + (255 - alpha.astype(np.uint16))[..., None]
-            return (
-                mode,
-                f"{mode}->RGB over white (premultiplied)",
-                out.clip(0, 255).astype(np.uint8),
-            )
-        return mode, f"{mode}->RGB over white" + _suffix(conversion), _over_white(rgb, alpha)
-    raise ImageError(f"{path}: TIFF with {samples} samples per pixel not supported")
-
-
-def _suffix(parts: list[str]) -> str:
-    return f" ({', '.join(parts)})" if parts else ""
-
-
 # --- OpenSlide (vendor whole-slide formats) -----------------------------------------------------
 
 _STRIP_ROWS = 1024
 
 
 def _decode_openslide(
-    path: Path, max_pixels: int, *, first_error: Exception
+    path: Path, max_pixels: int, page: int | None, first_error: Exception
 ) -> tuple[str, str, str | None, np.ndarray]:
+    if page:
+        raise ImageError(f"{path}: page {page} asked; slides are read at their baseline (page 0)")
     try:
         import openslide
     except ImportError:  # pragma: no cover - openslide-bin is a dependency
@@ -385,7 +448,7 @@ def _decode_openslide(
         raise ImageError(f"{path}: unreadable image ({first_error}); OpenSlide: {exc}") from None
     with slide:
         width, height = slide.dimensions
-        _check_size(path, width, height, max_pixels)
+        check_size(path, width, height, max_pixels)
         vendor = slide.properties.get("openslide.vendor", "unknown")
         rgb = np.empty((height, width, 3), dtype=np.uint8)
         try:

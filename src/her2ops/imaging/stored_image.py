@@ -5,23 +5,18 @@ format) opened for reading. Every tile read checks the CRC-32 recorded for it at
 corruption on disk surfaces as a :class:`StoreError` naming the core and the file, never as
 silently wrong pixels.
 
-Decoded tiles are cached per image. A caller that knows which regions it will read (the PSS
-sampler) announces them with :meth:`StoredImage.plan`: each tile then stays cached while a later
-planned read needs it, within ``cache_bytes``, evicting the tile whose next use is furthest away
-(Belady) when the budget is full, and is dropped after its last planned use. Tiles kept for
-later are stored channels-first, so that every later use is a plain copy into the (C, H, W)
-sets; a tile used once is decoded into a reused scratch buffer and copied straight out.
-Unplanned reads go through a small LRU.
+Region reads go through a small LRU of decoded tiles, which serves repeated unplanned reads. A
+caller that knows all its reads up front (the PSS sampler) uses
+:class:`~her2ops.imaging.gather.TileGather`, which decodes each tile once across all of them
+through :meth:`StoredImage.decode_tile`.
 """
 
 from __future__ import annotations
 
-import heapq
 import json
 import os
 import zlib
-from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections import OrderedDict
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -98,12 +93,8 @@ class StoredImage:
         self.memo: dict[Any, Any] = {}
         self.tiles_decoded = 0
         self.peak_cache_bytes = 0
+        self._held = 0  # bytes of decoded tiles that gathers over this image hold
         self._virtual: dict[int, np.ndarray] = {}
-        self._planned: dict[TileKey, np.ndarray] = {}  # CHW tiles with planned uses left
-        self._planned_bytes = 0
-        self._heap: list[tuple[float, TileKey]] = []
-        self._future: dict[TileKey, deque[int]] = {}
-        self._plan_clock = 0
         self._lru: OrderedDict[TileKey, np.ndarray] = OrderedDict()  # HWC tiles
         self._lru_used = 0
         self._fd = -1
@@ -154,17 +145,19 @@ class StoredImage:
         if self._tf is not None:
             self._tf.close()
             self._tf = None
-        self._planned.clear()
         self._lru.clear()
-        self._heap.clear()
-        self._future.clear()
         self._virtual.clear()
-        self._planned_bytes = self._lru_used = 0
+        self._lru_used = 0
 
     @property
     def cached_bytes(self) -> int:
-        """Bytes of decoded tiles held now (planned cache plus the LRU)."""
-        return self._planned_bytes + self._lru_used
+        """Bytes of decoded tiles held now (the LRU plus what gathers hold)."""
+        return self._held + self._lru_used
+
+    def note_held(self, nbytes: int) -> None:
+        """Account ``nbytes`` more (or fewer) of decoded tiles held by a gather."""
+        self._held += nbytes
+        self.peak_cache_bytes = max(self.peak_cache_bytes, self.cached_bytes)
 
     # -- geometry -----------------------------------------------------------------------------
 
@@ -179,7 +172,27 @@ class StoredImage:
             h, w = (h + 1) // 2, (w + 1) // 2
         return h, w
 
+    def tile_shape(self, level: int) -> tuple[int, int]:
+        """(tile height, tile width) of a stored level."""
+        lv = self._levels[level]
+        return lv.tile_h, lv.tile_w
+
     # -- reads --------------------------------------------------------------------------------
+
+    def decode_tile(
+        self, level: int, ty: int, tx: int, *, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Tile (ty, tx) of a stored level as (tile_h, tile_w, 3) uint8, CRC checked; a tile the
+        LRU of region reads holds is not decoded again. With ``out`` ((tile_h, tile_w, 3) uint8,
+        C-contiguous) the tile is written there and ``out`` returned; without, the array may be
+        a scratch buffer that the next call overwrites: copy what you keep."""
+        tile = self._lru.get((level, ty, tx))
+        if tile is None:
+            tile = self._decode(level, ty, tx, scratch=True, into=out)
+        if out is not None and tile is not out:
+            out[...] = tile
+            return out
+        return tile
 
     def read_level(self, level: int) -> np.ndarray:
         """A whole level as (h, w, 3) uint8."""
@@ -215,46 +228,16 @@ class StoredImage:
             return out
         if level >= len(self._levels):
             src = self._virtual_level(level)[y0:y1, x0:x1]
-            _put(out, src, y0 - y, x0 - x, channels_first=channels_first, src_chw=False)
+            _put(out, src, y0 - y, x0 - x, channels_first)
             return out
         lv = self._levels[level]
         for ty, tx in _tile_span(lv.tile_h, lv.tile_w, y0, y1, x0, x1):
-            tile, chw = self._tile(level, ty, tx)
+            tile = self._tile(level, ty, tx)
             ty0, tx0 = ty * lv.tile_h, tx * lv.tile_w
             iy0, iy1 = max(y0, ty0) - ty0, min(y1, ty0 + lv.tile_h) - ty0
             ix0, ix1 = max(x0, tx0) - tx0, min(x1, tx0 + lv.tile_w) - tx0
-            src = tile[:, iy0:iy1, ix0:ix1] if chw else tile[iy0:iy1, ix0:ix1]
-            _put(out, src, iy0 + ty0 - y, ix0 + tx0 - x, channels_first=channels_first, src_chw=chw)
+            _put(out, tile[iy0:iy1, ix0:ix1], iy0 + ty0 - y, ix0 + tx0 - x, channels_first)
         return out
-
-    def plan(self, regions: Iterable[Region]) -> None:
-        """Announce regions that will be read next, in this order.
-
-        Their tiles then stay cached while a later planned read needs them (within
-        ``cache_bytes``), so each is decoded once; they are dropped after their last planned use.
-        """
-        for level, y, x, h, w in regions:
-            if level >= len(self._levels):
-                continue
-            lv = self._levels[level]
-            lh, lw = self.level_shapes[level]
-            y0, y1, x0, x1 = max(y, 0), min(y + h, lh), max(x, 0), min(x + w, lw)
-            if y0 >= y1 or x0 >= x1:
-                continue
-            for ty, tx in _tile_span(lv.tile_h, lv.tile_w, y0, y1, x0, x1):
-                key = (level, ty, tx)
-                self._future.setdefault(key, deque()).append(self._plan_clock)
-                self._plan_clock += 1
-                if key in self._planned:  # already cached: re-prioritise for its next use
-                    heapq.heappush(self._heap, (-float(self._future[key][0]), key))
-
-    def clear_plan(self) -> None:
-        """Forget announced reads that never happened (e.g. a consumer stopped early) and the
-        tiles kept for them."""
-        self._future.clear()
-        self._planned.clear()
-        self._heap.clear()
-        self._planned_bytes = 0
 
     def check_all_tiles(self) -> None:
         """Read every tile's bytes and check its CRC (no decoding); raise :class:`StoreError`."""
@@ -283,64 +266,39 @@ class StoredImage:
             raise self._corrupt(f"level {level} tile {index} checksum mismatch")
         return data
 
-    def _tile(self, level: int, ty: int, tx: int) -> tuple[np.ndarray, bool]:
-        """A decoded tile and whether it is channels-first (3, th, tw) rather than HWC."""
+    def _tile(self, level: int, ty: int, tx: int) -> np.ndarray:
+        """A decoded (th, tw, 3) tile, through the LRU."""
         key = (level, ty, tx)
-        tile = self._planned.get(key)
-        chw = True
+        tile = self._lru.pop(key, None)
         if tile is None:
-            cached = self._lru.pop(key, None)
-            if cached is not None:
-                tile = cached
-                chw = False
-                self._lru_used -= tile.nbytes
-            else:
-                # Planned tiles are used at once or copied (transposed) into the cache, so they
-                # may decode into the scratch buffer; unplanned ones go to the LRU as they are.
-                scratch = key in self._future
-                tile, chw = self._decode(level, ty, tx, scratch=scratch), False
-        future = self._future.get(key)
-        if future is None:  # an unplanned read: a small LRU serves repeated ones
-            self._lru[key] = tile
-            self._lru_used += tile.nbytes
-            while self._lru_used > self.lru_bytes:
-                self._lru_used -= self._lru.popitem(last=False)[1].nbytes
+            tile = self._decode(level, ty, tx)
         else:
-            future.popleft()
-            if future:
-                # Needed again: keep it channels-first, so that every later use is a plain copy
-                # into the (C, H, W) sets instead of another strided transpose.
-                if not chw:
-                    tile, chw = np.ascontiguousarray(tile.transpose(2, 0, 1)), True
-                if key not in self._planned:
-                    self._planned[key] = tile
-                    self._planned_bytes += tile.nbytes
-                heapq.heappush(self._heap, (-float(future[0]), key))
-                self._evict_planned()
-            else:  # its last planned use: nobody announced wanting it again
-                del self._future[key]
-                if self._planned.pop(key, None) is not None:
-                    self._planned_bytes -= tile.nbytes
-        self.peak_cache_bytes = max(self.peak_cache_bytes, self._planned_bytes + self._lru_used)
-        return tile, chw
+            self._lru_used -= tile.nbytes
+        self._lru[key] = tile
+        self._lru_used += tile.nbytes
+        while self._lru_used > self.lru_bytes:
+            self._lru_used -= self._lru.popitem(last=False)[1].nbytes
+        self.peak_cache_bytes = max(self.peak_cache_bytes, self.cached_bytes)
+        return tile
 
-    def _evict_planned(self) -> None:
-        # Belady: drop the tile whose next planned use is furthest away.
-        while self._planned_bytes > self.cache_bytes and self._heap:
-            neg_next, key = heapq.heappop(self._heap)
-            future = self._future.get(key)
-            if key not in self._planned or not future or -neg_next != float(future[0]):
-                continue  # stale heap entry
-            self._planned_bytes -= self._planned.pop(key).nbytes
-
-    def _decode(self, level: int, ty: int, tx: int, *, scratch: bool = False) -> np.ndarray:
+    def _decode(
+        self,
+        level: int,
+        ty: int,
+        tx: int,
+        *,
+        scratch: bool = False,
+        into: np.ndarray | None = None,
+    ) -> np.ndarray:
         lv = self._levels[level]
         index = ty * lv.across + tx
         data = self._tile_bytes(level, lv, index)
         try:
             if lv.jpeg is not None:
                 shape = (lv.tile_h, lv.tile_w, 3)
-                if scratch:
+                if into is not None and into.shape == shape and into.flags.c_contiguous:
+                    out = into
+                elif scratch:
                     if self._scratch is None or self._scratch.shape != shape:
                         self._scratch = np.empty(shape, dtype=np.uint8)
                     out = self._scratch
@@ -373,14 +331,12 @@ class StoredImage:
         return self._virtual[level]
 
 
-def _put(
-    out: np.ndarray, src: np.ndarray, oy: int, ox: int, *, channels_first: bool, src_chw: bool
-) -> None:
-    h, w = src.shape[1:] if src_chw else src.shape[:2]
+def _put(out: np.ndarray, src: np.ndarray, oy: int, ox: int, channels_first: bool) -> None:
+    h, w = src.shape[:2]
     if channels_first:
-        out[:, oy : oy + h, ox : ox + w] = src if src_chw else src.transpose(2, 0, 1)
+        out[:, oy : oy + h, ox : ox + w] = src.transpose(2, 0, 1)
     else:
-        out[oy : oy + h, ox : ox + w] = src.transpose(1, 2, 0) if src_chw else src
+        out[oy : oy + h, ox : ox + w] = src
 
 
 def _tile_span(th: int, tw: int, y0: int, y1: int, x0: int, x1: int) -> list[tuple[int, int]]:
