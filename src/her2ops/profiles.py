@@ -92,3 +92,17 @@ def get_profile(name: str) -> Profile:
         return PROFILES[name]
     except KeyError:
         raise InvalidRequest(f"unknown profile {name!r}; known: {', '.join(PROFILES)}") from None
+
+
+def with_padding(profile: Profile, pad_small: bool) -> Profile:
+    """``profile`` whose PSS pads levels smaller than a patch with white (``--pad-small``)."""
+    from dataclasses import replace
+
+    if not pad_small or profile.pss.pad_small:
+        return profile
+    return replace(profile, pss=replace(profile.pss, pad_small=True))
+
+
+def geometries() -> dict[str, PSSConfig]:
+    """Every profile's PSS geometry by name (what ingest checks each core against)."""
+    return {name: p.pss for name, p in PROFILES.items()}

@@ -172,6 +172,19 @@ def ingest(
         f"ingested {len(report.added)} core(s), {report.new_patients} new patient(s); "
         f"{len(report.already_present)} already present"
     )
+    if report.profile_fits:
+        from collections import Counter
+
+        from her2ops.profiles import PROFILES
+
+        fits = Counter(p for names in report.profile_fits.values() for p in names)
+        typer.echo(
+            "  new cores that fit each profile: "
+            + ", ".join(f"{name} {fits.get(name, 0)}" for name in PROFILES)
+        )
+        none = [c for c, names in report.profile_fits.items() if not names]
+        if none:
+            typer.echo(f"  warning: {len(none)} core(s) fit no profile, e.g. {none[0]}")
     for core, conversion in report.conversions.items():
         typer.echo(f"  {core}: converted {conversion}")
     print_row_errors(str(manifest), report.skipped)

@@ -26,6 +26,12 @@ def sample(
         Path | None,
         typer.Option("--png", help="Write a contact sheet of the first set to this PNG."),
     ] = None,
+    pad_small: Annotated[
+        bool,
+        typer.Option(
+            "--pad-small", help="Pad pyramid levels smaller than a patch with white (small cores)."
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Build N pyramid sampling sets for one stored core and report how long it took."""
@@ -38,6 +44,7 @@ def sample(
             sets=sets,
             seed=seed,
             png=png,
+            pad_small=pad_small,
             progress=bar,
         )
     if as_json:
@@ -51,6 +58,8 @@ def sample(
         f"{result['tiles_decoded']} tiles decoded); tissue fraction "
         f"{result['tissue_fraction']:.2f}"
     )
+    if result["fit_warning"]:
+        typer.echo(f"warning: {result['fit_warning']}")
     if result["low_tissue"]:
         typer.echo(
             f"warning: mostly background (tissue fraction {result['tissue_fraction']:.2f} < "

@@ -20,6 +20,12 @@ DeviceOpt = Annotated[str | None, typer.Option(help="torch device (default: cuda
 # The paper's inference protocol, shared by score and evaluate (None: the profile's N and k).
 SetsOpt = Annotated[int | None, typer.Option("--sets", help="N sets per core.")]
 TopKOpt = Annotated[int | None, typer.Option("--top-k", help="k most confident sets.")]
+PadSmallOpt = Annotated[
+    bool,
+    typer.Option(
+        "--pad-small", help="Pad pyramid levels smaller than a patch with white (small cores)."
+    ),
+]
 ConfidenceOpt = Annotated[str, typer.Option(help="margin (default), max, range, std or entropy.")]
 BackgroundOpt = Annotated[
     bool, typer.Option("--background", help="Submit a job for a worker instead (her2ops jobs).")
@@ -40,6 +46,7 @@ def train(
         int | None,
         typer.Option(help="Train K members (seeds S..S+K-1) as jobs, registered as one ensemble."),
     ] = None,
+    pad_small: PadSmallOpt = False,
     background: BackgroundOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -51,6 +58,8 @@ def train(
         "seed": seed,
         "device": device,
     }
+    if pad_small:
+        params["pad_small"] = True
     if ensemble is not None:
         submit_in_background("ensemble", {**params, "members": ensemble}, json_out=json_out)
         return
@@ -69,6 +78,7 @@ def train(
             resume_run=resume,
             seed=seed,
             device=device,
+            pad_small=pad_small,
             progress=bar,
         )
     if out.version < 0:
@@ -76,6 +86,8 @@ def train(
     if json_out:
         emit_json(out.to_dict())
         return
+    for line in out.warnings:
+        typer.echo(f"warning: {line}", err=True)
     typer.echo(
         f"registered {out.name} v{out.version} (challenger) from run {out.run_id}: "
         f"{out.epochs_run} epoch(s), best epoch {out.best_epoch}, val loss "

@@ -51,7 +51,7 @@ def ingest(
 ) -> IngestReport:
     """Validate a manifest's rows and images, store the images, record the cores (atomic)."""
     rt = get_runtime()
-    return rt.transaction(
+    report: IngestReport = rt.transaction(
         lambda s: curation_service.ingest_manifest(
             s,
             actor=actor,
@@ -63,6 +63,32 @@ def ingest(
         ),
         what="ingest",
     )
+    report.profile_fits = _profile_fits(report.added)
+    return report
+
+
+def _profile_fits(codes: list[str]) -> dict[str, list[str]]:
+    """core code -> the profiles whose PSS geometry it fits (no degenerate or missing level)."""
+    from sqlalchemy import select
+
+    from her2ops.imaging.fit import fitting_profiles
+    from her2ops.platform.schema import Core
+    from her2ops.profiles import geometries
+
+    if not codes:
+        return {}
+    geo = geometries()
+    out: dict[str, list[str]] = {}
+    with get_runtime().session() as s:
+        for start in range(0, len(codes), 500):
+            rows = s.execute(
+                select(Core.code, Core.width, Core.height).where(
+                    Core.code.in_(codes[start : start + 500])
+                )
+            )
+            for code, w, h in rows:
+                out[code] = fitting_profiles(int(w), int(h), geo) if w and h else []
+    return out
 
 
 def import_votes(*, actor: str | None, path: Path, skip_invalid: bool = False) -> VoteImportReport:

@@ -200,9 +200,9 @@ def run_study_for(
     with the paper's headline at (n, k) and the confidence-measure table."""
     from her2ops.models.inference import predict_sets
     from her2ops.models.study import evaluation_study
-    from her2ops.pipelines.score import load_model
+    from her2ops.pipelines.score import load_model, trained_profile
 
-    profile = get_profile(mv.profile)
+    profile = trained_profile(rt, mv)
     cache = out_dir / f"outputs_{partition}_M{study_sets}.npz"
     if cache.exists():
         data = np.load(cache)

@@ -13,7 +13,7 @@ from her2ops.errors import InvalidRequest, NotFound
 from her2ops.pipelines.progress import Progress, no_progress, track
 from her2ops.pipelines.runtime import get_runtime
 from her2ops.platform.schema import Core
-from her2ops.profiles import get_profile
+from her2ops.profiles import get_profile, with_padding
 
 _SHA_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 MAX_SAMPLE_SETS = 1000
@@ -39,6 +39,7 @@ def sample_core(
     sets: int | None = None,
     seed: int = 0,
     png: Path | None = None,
+    pad_small: bool = False,
     progress: Progress = no_progress,
 ) -> dict[str, Any]:
     """Build N pyramid sampling sets of one stored core, time them, optionally draw set 0.
@@ -46,10 +47,11 @@ def sample_core(
     The sets are keyed by the core code, as training and scoring key them, so these are the
     sets the model sees for that seed.
     """
+    from her2ops.imaging.fit import profile_fit
     from her2ops.imaging.pss import SamplingError, core_tissue_fraction, iter_sets
     from her2ops.imaging.store import StoreError
 
-    prof = get_profile(profile)
+    prof = with_padding(get_profile(profile), pad_small)
     cfg = prof.pss
     n_sets = prof.n_sets if sets is None else sets
     if not 1 <= n_sets <= MAX_SAMPLE_SETS:
@@ -60,6 +62,8 @@ def sample_core(
     try:
         start = time.perf_counter()
         with store.open(sha, core=name) as img:
+            height, width = img.level_shapes[0][:2]
+            fit_warning = profile_fit(cfg, width, height, name=profile).warning(name)
             stream = iter_sets(img, cfg, key=name, seed=seed, indices=range(n_sets))
             for pss_set in track(stream, progress, f"sampling {name[:16]}", total=n_sets):
                 if first is None:
@@ -69,7 +73,8 @@ def sample_core(
             level_shapes = img.level_shapes
             tiles = img.tiles_decoded
     except (StoreError, SamplingError) as exc:
-        raise InvalidRequest(f"core {name}: {exc}") from None
+        hint = " (or pass --pad-small)" if "pad_small" in str(exc) else ""
+        raise InvalidRequest(f"core {name}: {exc}{hint}") from None
     assert first is not None  # n_sets >= 1
     if png is not None:
         from her2ops.imaging.sheet import contact_sheet
@@ -94,6 +99,7 @@ def sample_core(
         "tissue_fraction": round(fraction, 4),
         "min_tissue_fraction": cfg.min_tissue_fraction,
         "low_tissue": fraction < cfg.min_tissue_fraction,
+        "fit_warning": fit_warning,
         "png": str(png) if png is not None else None,
     }
 

@@ -256,6 +256,7 @@ def _run_train(actor: str | None, p: dict[str, Any], progress: Progress) -> dict
         resume_run=p.get("resume_run"),
         seed=p.get("seed", 0),
         device=p.get("device"),
+        pad_small=bool(p.get("pad_small", False)),
         progress=progress,
     )
     result = _plain(out.to_dict())
@@ -427,6 +428,7 @@ KINDS: dict[str, JobKind] = {
             "resume_run": STR("MLflow run id to resume"),
             "seed": INT("seed (default 0)"),
             "device": STR("torch device"),
+            "pad_small": BOOL("pad levels smaller than a patch with white"),
         },
         required=("split",),
         validate=_validate_train,

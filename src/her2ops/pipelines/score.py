@@ -35,7 +35,7 @@ from her2ops.platform.predictions import (
 )
 from her2ops.platform.registry import resolve_ref
 from her2ops.platform.schema import PARTITIONS, ModelVersion
-from her2ops.profiles import Profile, get_profile
+from her2ops.profiles import Profile, get_profile, with_padding
 
 #: Upper bounds of the protocol's arguments (a typo must not mean hours of work).
 MAX_SETS = 1000
@@ -92,9 +92,17 @@ def load_model(rt: Runtime, mv: ModelVersion, device: str | None = None) -> tupl
     from her2ops.models.network import load_network, pick_device
 
     dev = pick_device(device or rt.device)
-    net, _ = load_network(weights_path(rt, mv), get_profile(mv.profile), device=dev)
+    net, _ = load_network(weights_path(rt, mv), trained_profile(rt, mv), device=dev)
     net.eval()
     return net, dev
+
+
+def trained_profile(rt: Runtime, mv: ModelVersion) -> Profile:
+    """The version's profile as it was trained: padded if the run padded small cores."""
+    import json
+
+    pss = json.loads(rt.tracking.run_params(mv.run_id).get("pss", "{}") or "{}")
+    return with_padding(get_profile(mv.profile), bool(pss.get("pad_small")))
 
 
 class _SetChunks:
@@ -173,7 +181,7 @@ def score_cores(
         require(s, actor, "models.score")
         mv = resolve_ref(s, model_ref, name=rt.settings.registered_model_name)
         s.expunge(mv)
-        profile = get_profile(mv.profile)
+        profile = trained_profile(rt, mv)
         n = profile.n_sets if n_sets is None else n_sets
         k = profile.top_k if top_k is None else top_k
         check_protocol(n, k, confidence)

@@ -17,7 +17,7 @@ import logging
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from her2ops.platform.labels import SnapshotItem, label_snapshot
 from her2ops.platform.registry import set_alias
 from her2ops.platform.schema import ModelVersion
 from her2ops.platform.splits import freeze_split, get_split
-from her2ops.profiles import Profile, get_profile
+from her2ops.profiles import Profile, get_profile, with_padding
 from her2ops.tracking import code_version
 
 #: Upper bound of --epochs (a typo must not mean weeks of GPU time).
@@ -57,6 +57,7 @@ class TrainOutcome:
     skipped: int
     seconds: float
     history: list[dict[str, float]]
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -79,6 +80,26 @@ def check_geometry(profile: Profile, items: list[SnapshotItem]) -> None:
         )
 
 
+def geometry_warnings(profile: Profile, items: list[SnapshotItem]) -> list[str]:
+    """Lines for cores whose size makes a pyramid level degenerate (or padded) in ``profile``:
+    the first few by name, then a count."""
+    from her2ops.imaging.fit import profile_fit
+
+    lines = [
+        w
+        for i in items
+        if i.width and i.height
+        for w in [profile_fit(profile.pss, i.width, i.height, name=profile.name).warning(i.core)]
+        if w
+    ]
+    if len(lines) > 3:
+        lines = [
+            *lines[:3],
+            f"... and {len(lines) - 3} more core(s) that do not fit {profile.name}",
+        ]
+    return lines
+
+
 def _items(snapshot: list[SnapshotItem], partition: str) -> list[Any]:
     from her2ops.models.data import LabelledCore
 
@@ -94,6 +115,7 @@ def train_model(
     resume_run: str | None = None,
     seed: int = 0,
     device: str | None = None,
+    pad_small: bool = False,
     progress: Progress = no_progress,
 ) -> TrainOutcome:
     """Train, log, register. ``resume_run`` continues a killed run from its last checkpoint.
@@ -105,13 +127,16 @@ def train_model(
 
     rt = get_runtime()
     device = device or rt.device
-    profile: Profile = get_profile(profile_name)
+    profile: Profile = with_padding(get_profile(profile_name), pad_small)
     if epochs is not None and not 1 <= epochs <= MAX_EPOCHS:
         raise InvalidRequest(f"--epochs must be between 1 and {MAX_EPOCHS}, not {epochs}")
     with rt.session() as s:
         require(s, actor, "models.train")
         snapshot, snapshot_hash = label_snapshot(s, split)
     check_geometry(profile, [i for i in snapshot if i.partition in ("train", "val")])
+    warnings = geometry_warnings(profile, [i for i in snapshot if i.partition in ("train", "val")])
+    for line in warnings:
+        log.warning("%s", line)
     train_items, val_items = _items(snapshot, "train"), _items(snapshot, "val")
     try:
         check_label_coverage([i.label for i in train_items])
@@ -131,7 +156,7 @@ def train_model(
     # freeze and the registration; the others only train, in the run folder rank 0 names.
     ctx, _ = setup_distributed(device)
     try:
-        return _train(
+        outcome = _train(
             ctx,
             rt,
             profile,
@@ -149,6 +174,8 @@ def train_model(
     finally:
         if ctx.owns_group:
             dist.destroy_process_group()
+    outcome.warnings = warnings
+    return outcome
 
 
 def _train(

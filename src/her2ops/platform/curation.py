@@ -105,10 +105,13 @@ class IngestReport:
     skipped: list[RowError] = field(default_factory=list)
     new_patients: int = 0
     conversions: dict[str, str] = field(default_factory=dict)
+    #: core -> profiles it fits (filled by the ingest use case; pure arithmetic on the size)
+    profile_fits: dict[str, list[str]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
         return {
             "manifest": self.manifest,
+            "profile_fits": self.profile_fits,
             "added": len(self.added),
             "already_present": len(self.already_present),
             "new_patients": self.new_patients,
