@@ -112,3 +112,8 @@ def test_refused_requests_write_nothing(db_url: str, synthetic: Path) -> None:
         score_cores(actor="eng", model_ref="champion", split="main", partition="holdout")
     with pytest.raises(NotFound, match="unknown model reference"):
         score_cores(actor="eng", model_ref="champion", split="main", partition="test")
+    from her2ops.pipelines.splits import create_split as create_split_uc
+
+    with pytest.raises(InvalidRequest, match="confirm with --yes"):
+        create_split_uc(actor="lab", name="main", seed=5, replace=True)
+    assert create_split_uc(actor="lab", name="main", seed=5, replace=True, yes=True)["seed"] == 5

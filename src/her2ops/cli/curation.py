@@ -320,6 +320,9 @@ def split_create(
     balanced_test: Annotated[
         bool, typer.Option("--balanced-test", help="Class-balanced test cores, as the paper's.")
     ] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Confirm --replace (it deletes the assignments).")
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Assign every patient to train/val/test, stratified by their highest consensus score."""
@@ -331,6 +334,7 @@ def split_create(
         ratios=ratios,
         replace=replace,
         balanced_test=balanced_test,
+        yes=yes,
     )
     _print_split(info, json_out)
 

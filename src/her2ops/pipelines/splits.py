@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from her2ops.errors import InvalidRequest
 from her2ops.pipelines.runtime import get_runtime
 from her2ops.platform import labels as labels_service
 from her2ops.platform import splits as split_service
@@ -18,10 +19,16 @@ def create_split(
     ratios: str = "0.7,0.1,0.2",
     replace: bool = False,
     balanced_test: bool = False,
+    yes: bool = False,
 ) -> dict[str, Any]:
     """Assign every patient to train/val/test (stratified, seeded; ``balanced_test``: a
     class-balanced test partition, as the paper's); the split's summary."""
     parsed = parse_ratios(ratios)
+    if replace and not yes:
+        raise InvalidRequest(
+            f"--replace deletes split {name!r}'s assignments before recreating it; "
+            "confirm with --yes"
+        )
     with get_runtime().session() as s:
         split_service.create_split(
             s,
