@@ -1,0 +1,4 @@
+-- Run by the postgres image once, when its data volume is first initialised (as POSTGRES_USER):
+-- MLflow keeps its tracking and registry tables in a database of its own (its table names, such
+-- as model_versions and alembic_version, would collide with her2ops' schema).
+CREATE DATABASE mlflow;

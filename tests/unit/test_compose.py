@@ -1,0 +1,259 @@
+"""docker-compose.yml, checked without a Docker daemon.
+
+Two outside validators (Debian's ``docker-compose config -q`` and the Compose specification's
+JSON schema through ``check-jsonschema``) and our own rules: every ``depends_on`` target exists,
+every long-running service has a healthcheck, the GPU worker reserves a GPU, no secret has a
+default value, ``migrate`` is one-shot and every other her2ops service waits for it to succeed.
+The validators skip when their tool is missing, except under ``CI=true`` (``.ci/run`` installs
+docker-compose), where a missing tool fails the test.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yml"
+ENV_EXAMPLE = ROOT / ".env.example"
+
+SECRETS = ("POSTGRES_PASSWORD", "HER2OPS_DASHBOARD_COOKIE_SECRET")
+ONE_SHOT = {"migrate"}
+INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)([^}]*)\}")
+
+
+def _missing_tool(reason: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI must have it: .ci/run installs it)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return compose["services"]
+
+
+def _command(service: dict[str, Any]) -> list[str]:
+    command = service.get("command", [])
+    return command.split() if isinstance(command, str) else [str(part) for part in command]
+
+
+def _depends_on(service: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    deps = service.get("depends_on", {})
+    if isinstance(deps, list):  # short form: no condition
+        return {name: {} for name in deps}
+    return {name: (spec or {}) for name, spec in deps.items()}
+
+
+def _runs_her2ops(service: dict[str, Any]) -> bool:
+    return _command(service)[:1] == ["her2ops"]
+
+
+def _env_file(tmp_path: Path, drop: str | None = None) -> Path:
+    lines = [
+        line
+        for line in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines()
+        if drop is None or not line.startswith(f"{drop}=")
+    ]
+    env = tmp_path / ".env"
+    env.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return env
+
+
+def _docker_compose_config(env: Path) -> subprocess.CompletedProcess[str]:
+    exe = shutil.which("docker-compose")
+    if exe is None:
+        _missing_tool("docker-compose is not installed (apt-get install docker-compose)")
+    assert exe is not None
+    return subprocess.run(
+        [exe, "--project-directory", str(ROOT), "-f", str(COMPOSE), "--env-file", str(env)]
+        + ["config", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if k not in SECRETS},
+    )
+
+
+# --- outside validators ---------------------------------------------------------------------
+
+
+def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
+    result = _docker_compose_config(_env_file(tmp_path))
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("secret", SECRETS)
+def test_docker_compose_config_refuses_a_missing_secret(tmp_path: Path, secret: str) -> None:
+    result = _docker_compose_config(_env_file(tmp_path, drop=secret))
+    assert result.returncode != 0
+    assert secret in result.stderr
+
+
+def test_compose_spec_json_schema_accepts_the_file() -> None:
+    try:
+        import check_jsonschema  # noqa: F401
+    except ImportError:
+        _missing_tool("check-jsonschema is not installed (pip install -e '.[dev]')")
+    result = subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec"]
+        + [str(COMPOSE)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- our rules --------------------------------------------------------------------------------
+
+
+def test_the_stack_has_the_services_of_the_design(services: dict[str, dict[str, Any]]) -> None:
+    expected = {"postgres", "redis", "mlflow", "migrate", "worker-gpu", "worker-cpu"}
+    assert expected | {"dispatcher", "dashboard"} <= set(services)
+
+
+def test_every_depends_on_target_exists(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        for target, spec in _depends_on(service).items():
+            assert target in services, f"{name} depends on unknown service {target}"
+            assert target != name, f"{name} depends on itself"
+            condition = spec.get("condition", "service_started")
+            if target in ONE_SHOT:
+                assert condition == "service_completed_successfully", (name, target)
+            else:
+                assert "healthcheck" in services[target], (
+                    f"{name} waits for {target}, which has no healthcheck"
+                )
+                assert condition == "service_healthy", (name, target, condition)
+
+
+def test_every_long_running_service_has_a_healthcheck(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name, service in services.items():
+        if name in ONE_SHOT:
+            continue
+        check = service.get("healthcheck")
+        assert check and not check.get("disable"), f"{name} has no healthcheck"
+        test = check["test"]
+        assert test and test != ["NONE"], name
+
+
+def test_migrate_is_one_shot_and_every_her2ops_service_waits_for_it(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    migrate = services["migrate"]
+    assert _command(migrate) == ["her2ops", "db", "upgrade"]
+    assert str(migrate.get("restart", "no")) == "no"
+    assert "healthcheck" not in migrate
+    waiting = {
+        name
+        for name, service in services.items()
+        if _depends_on(service).get("migrate", {}).get("condition")
+        == "service_completed_successfully"
+    }
+    her2ops_services = {n for n, s in services.items() if _runs_her2ops(s)} - ONE_SHOT
+    assert her2ops_services == waiting
+    assert {"worker-gpu", "worker-cpu", "dispatcher", "dashboard"} <= waiting
+
+
+def test_the_gpu_worker_reserves_a_gpu_and_the_cpu_worker_none(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    def gpu_reservations(service: dict[str, Any]) -> list[dict[str, Any]]:
+        reservations = service.get("deploy", {}).get("resources", {}).get("reservations", {})
+        return [d for d in reservations.get("devices", []) if "gpu" in d.get("capabilities", [])]
+
+    (device,) = gpu_reservations(services["worker-gpu"])
+    assert device["driver"] == "nvidia"
+    assert int(device.get("count", 0)) >= 1 or device.get("device_ids")
+    assert _command(services["worker-gpu"])[:6] == (
+        ["her2ops", "worker", "--queues", "gpu", "--concurrency", "1"]
+    )
+    assert gpu_reservations(services["worker-cpu"]) == []
+    assert _command(services["worker-cpu"])[:6] == (
+        ["her2ops", "worker", "--queues", "cpu", "--concurrency", "2"]
+    )
+
+
+def test_no_secret_has_a_default_value(services: dict[str, dict[str, Any]]) -> None:
+    text = COMPOSE.read_text(encoding="utf-8")
+    seen: set[str] = set()
+    for match in INTERPOLATION.finditer(text):
+        name, modifier = match.groups()
+        if name in SECRETS:
+            seen.add(name)
+            assert modifier.startswith(":?"), f"${{{name}{modifier}}} must be ${{{name}:?...}}"
+    assert seen == set(SECRETS)
+    # No secret written into the file itself, under any service's environment.
+    for name, service in services.items():
+        env = service.get("environment", {})
+        items = env.items() if isinstance(env, dict) else (e.partition("=")[::2] for e in env)
+        for key, value in items:
+            if key in SECRETS or re.search(r"PASSWORD|SECRET|TOKEN", key):
+                assert "${" in str(value), f"{name}: {key} is written into the file"
+
+
+def test_env_example_documents_every_secret_with_a_placeholder_and_env_is_ignored() -> None:
+    values = dict(
+        line.split("=", 1)
+        for line in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines()
+        if line and not line.startswith("#")
+    )
+    for secret in SECRETS:
+        assert values.get(secret) == "change-me", secret
+    git = shutil.which("git")
+    if git is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    ignored = subprocess.run([git, "-C", str(ROOT), "check-ignore", "-q", ".env"], check=False)
+    assert ignored.returncode == 0, ".env must be in .gitignore"
+
+
+def test_redis_keeps_queued_jobs_across_a_restart(services: dict[str, dict[str, Any]]) -> None:
+    command = _command(services["redis"])
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert any(v.endswith(":/data") for v in services["redis"]["volumes"])
+
+
+def test_mlflow_server_uses_postgres_and_a_proxied_artefact_volume(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    mlflow = services["mlflow"]
+    command = _command(mlflow)
+    assert command[:2] == ["mlflow", "server"]
+    options = dict(part.split("=", 1) for part in command[2:] if "=" in part)
+    assert options["--backend-store-uri"].startswith("postgresql+psycopg://")
+    assert "--no-serve-artifacts" not in command
+    destination = options["--artifacts-destination"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in mlflow["volumes"]}
+    assert mounts.get(destination) in compose["volumes"], "artefacts must live on a volume"
+    assert "mlflow:5000" in options["--allowed-hosts"]
+    assert "/health" in " ".join(mlflow["healthcheck"]["test"])
+    assert "/_stcore/health" in " ".join(services["dashboard"]["healthcheck"]["test"])
+
+
+def test_her2ops_services_share_the_settings(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        if not _runs_her2ops(service):
+            continue
+        env = service["environment"]
+        assert env["HER2OPS_DATABASE_URL"].startswith("postgresql+psycopg://"), name
+        assert env["HER2OPS_BROKER_URL"].startswith("redis://redis:6379"), name
+        assert env["HER2OPS_MLFLOW_TRACKING_URI"] == "http://mlflow:5000", name
+        assert any(v.split(":")[1] == env["HER2OPS_DATA_DIR"] for v in service["volumes"]), name
