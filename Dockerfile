@@ -79,7 +79,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     MPLCONFIGDIR=/tmp/matplotlib \
-    HER2OPS_DATA_DIR=/data
+    HER2OPS_DATA_DIR=/data \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
 USER her2ops
 # A named volume mounted on /data or /srv/mlartifacts starts out owned by her2ops, as the
