@@ -63,9 +63,7 @@ def unhashed(lock: Path) -> list[str]:
 
 def stamp(lock: Path, digest: str) -> None:
     lines = [
-        line
-        for line in lock.read_text(encoding="utf-8").splitlines()
-        if not line.startswith(STAMP)
+        line for line in lock.read_text(encoding="utf-8").splitlines() if not line.startswith(STAMP)
     ]
     lock.write_text("\n".join([STAMP + digest, *lines]) + "\n", encoding="utf-8")
 

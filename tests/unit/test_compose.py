@@ -80,9 +80,9 @@ def _docker_compose_config(env: Path) -> subprocess.CompletedProcess[str]:
     if exe is None:
         _missing_tool("docker-compose is not installed (apt-get install docker-compose)")
     assert exe is not None
+    args = ["--project-directory", str(ROOT), "-f", str(COMPOSE), "--env-file", str(env)]
     return subprocess.run(
-        [exe, "--project-directory", str(ROOT), "-f", str(COMPOSE), "--env-file", str(env)]
-        + ["config", "-q"],
+        [exe, *args, "config", "-q"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -110,9 +110,9 @@ def test_compose_spec_json_schema_accepts_the_file() -> None:
         import check_jsonschema  # noqa: F401
     except ImportError:
         _missing_tool("check-jsonschema is not installed (pip install -e '.[dev]')")
+    schema = ["--builtin-schema", "vendor.compose-spec"]
     result = subprocess.run(
-        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec"]
-        + [str(COMPOSE)],
+        [sys.executable, "-m", "check_jsonschema", *schema, str(COMPOSE)],
         capture_output=True,
         text=True,
         timeout=120,
