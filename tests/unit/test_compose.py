@@ -257,3 +257,40 @@ def test_her2ops_services_share_the_settings(services: dict[str, dict[str, Any]]
         assert env["HER2OPS_BROKER_URL"].startswith("redis://redis:6379"), name
         assert env["HER2OPS_MLFLOW_TRACKING_URI"] == "http://mlflow:5000", name
         assert any(v.split(":")[1] == env["HER2OPS_DATA_DIR"] for v in service["volumes"]), name
+
+
+def _her2ops_commands(services: dict[str, dict[str, Any]]) -> list[list[str]]:
+    commands = [_command(s) for s in services.values() if _runs_her2ops(s)]
+    for service in services.values():
+        test = service.get("healthcheck", {}).get("test", [])
+        if test[:2] == ["CMD", "her2ops"]:
+            commands.append(test[1:])
+    return commands
+
+
+def test_every_her2ops_command_of_the_stack_exists_with_its_options(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """The compose file runs the CLI that the package has (`--help` of each subcommand)."""
+    not_yet: list[str] = []
+    for command in _her2ops_commands(services):
+        path: list[str] = []
+        for word in command[1:]:  # the subcommand: the words before the first option
+            if word.startswith("-"):
+                break
+            path.append(word)
+        result = subprocess.run(
+            [sys.executable, "-m", "her2ops", *path, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"},
+        )
+        if result.returncode == 2 and "No such command" in result.stderr + result.stdout:
+            not_yet.append(" ".join(path))
+            continue
+        assert result.returncode == 0, (command, result.stderr)
+        for option in (w for w in command if w.startswith("--")):
+            assert option in result.stdout, f"`her2ops {' '.join(path)}` has no {option}"
+    if not_yet:
+        pytest.skip(f"not in the package yet: her2ops {', her2ops '.join(sorted(set(not_yet)))}")
