@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -260,11 +262,17 @@ def test_her2ops_services_share_the_settings(services: dict[str, dict[str, Any]]
 
 
 def _her2ops_commands(services: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """The services' her2ops commands, and those their healthchecks run."""
     commands = [_command(s) for s in services.values() if _runs_her2ops(s)]
     for service in services.values():
         test = service.get("healthcheck", {}).get("test", [])
         if test[:2] == ["CMD", "her2ops"]:
             commands.append(test[1:])
+        elif test[:1] == ["CMD-SHELL"]:
+            for part in re.split(r"&&|\|\|", test[1]):
+                words = shlex.split(part.split(">")[0])
+                if words[:1] == ["her2ops"]:
+                    commands.append(words)
     return commands
 
 
@@ -294,3 +302,44 @@ def test_every_her2ops_command_of_the_stack_exists_with_its_options(
             assert option in result.stdout, f"`her2ops {' '.join(path)}` has no {option}"
     if not_yet:
         pytest.skip(f"not in the package yet: her2ops {', her2ops '.join(sorted(set(not_yet)))}")
+
+
+def _redis_up() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def test_the_workers_healthcheck_passes_with_its_services_and_fails_without(
+    services: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    """Run the workers' and dispatcher's healthcheck command itself, here, against real Redis."""
+    tests = {
+        repr(services[n]["healthcheck"]["test"]) for n in ("worker-gpu", "worker-cpu", "dispatcher")
+    }
+    assert len(tests) == 1, "workers and dispatcher share one healthcheck"
+    kind, command = services["worker-gpu"]["healthcheck"]["test"]
+    assert kind == "CMD-SHELL"
+    if not _redis_up():
+        _missing_tool("no Redis on 127.0.0.1:6379 (.ci/run starts one)")
+
+    def run(broker: str) -> subprocess.CompletedProcess[str]:
+        env = {
+            **os.environ,
+            "HER2OPS_DATA_DIR": str(tmp_path),
+            "HER2OPS_DATABASE_URL": f"sqlite:///{tmp_path / 'her2ops.db'}",
+            "HER2OPS_BROKER_URL": broker,
+        }
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        return subprocess.run(
+            ["sh", "-c", command], capture_output=True, text=True, timeout=120, env=env
+        )
+
+    healthy = run("redis://127.0.0.1:6379/15")
+    assert healthy.returncode == 0, healthy.stderr
+    with socket.socket() as sock:  # a port that nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        dead = sock.getsockname()[1]
+    assert run(f"redis://127.0.0.1:{dead}/0").returncode != 0
