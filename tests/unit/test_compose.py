@@ -29,6 +29,8 @@ ENV_EXAMPLE = ROOT / ".env.example"
 
 SECRETS = ("POSTGRES_PASSWORD", "HER2OPS_DASHBOARD_COOKIE_SECRET")
 ONE_SHOT = {"migrate"}
+# Subcommands the stack runs that another issue is still adding to the CLI (skipped until then).
+BEING_BUILT = {"dashboard"}
 INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)([^}]*)\}")
 
 
@@ -294,7 +296,8 @@ def test_every_her2ops_command_of_the_stack_exists_with_its_options(
             timeout=120,
             env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"},
         )
-        if result.returncode == 2 and "No such command" in result.stderr + result.stdout:
+        missing = result.returncode == 2 and "No such command" in result.stderr + result.stdout
+        if missing and path[0] in BEING_BUILT:
             not_yet.append(" ".join(path))
             continue
         assert result.returncode == 0, (command, result.stderr)
