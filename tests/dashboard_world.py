@@ -10,9 +10,14 @@ the HER2OPS_* settings, which is how the browser test prepares the real dashboar
 from __future__ import annotations
 
 import json
+import os
+import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+import pytest
 from sqlalchemy import select
 
 from her2ops.pipelines import auth
@@ -51,8 +56,9 @@ class World:
     preds: dict[int, dict[str, int]] = field(default_factory=dict)
 
 
-def build_world(n_patients: int = 30, seed: int = 0) -> World:
-    """Seed the configured database (and MLflow store); see the module docstring."""
+def build_world(n_patients: int = 30, seed: int = 0, *, mlflow: bool = True) -> World:
+    """Seed the configured database (and MLflow store, unless ``mlflow`` is False: then the
+    versions exist only in the table, enough for every read); see the module docstring."""
     rng = np.random.default_rng(seed)
     rt = get_runtime()
     world = World()
@@ -129,7 +135,7 @@ def build_world(n_patients: int = 30, seed: int = 0) -> World:
         world.truth = {i.core: i.label for i in items if i.partition == "test"}
         splits = {sp.name: sp.id for sp in s.scalars(select(Split))}
         core_ids = dict(s.execute(select(Core.code, Core.id)).all())
-    _register(world, splits, core_ids, snapshot_hash, rng)
+    _register(world, splits, core_ids, snapshot_hash, rng, mlflow=mlflow)
     return world
 
 
@@ -139,17 +145,24 @@ def _register(
     core_ids: dict[str, int],
     snapshot_hash: str,
     rng: np.random.Generator,
+    *,
+    mlflow: bool,
 ) -> None:
     rt = get_runtime()
     tracking = rt.tracking
     name = rt.settings.registered_model_name
-    client = tracking.client
-    tracking.experiment_id()
-    client.create_registered_model(name)
+    if mlflow:
+        tracking.experiment_id()
+        tracking.client.create_registered_model(name)
     for i, split in enumerate(("main", "main", "other")):
-        run_id = tracking.create_run(f"dashboard-test-{i}")
-        mv = client.create_model_version(name, source=f"runs:/{run_id}/model", run_id=run_id)
-        version = int(mv.version)
+        if mlflow:
+            run_id = tracking.create_run(f"dashboard-test-{i}")
+            mv = tracking.client.create_model_version(
+                name, source=f"runs:/{run_id}/model", run_id=run_id
+            )
+            version = int(mv.version)
+        else:
+            run_id, version = f"run-{i}", i + 1
         # v1 is right on ~60 % of the test cores, v2 on ~85 %
         right = 0.6 if i == 0 else 0.85
         preds = {c: (t if rng.random() < right else (t + 1) % 4) for c, t in world.truth.items()}
@@ -189,11 +202,12 @@ def _register(
                             kcs_indices=[0, 1],
                         )
                     )
-        if i == 1:
+        if i == 1 and mlflow:
             tracking.set_alias("challenger", version)
     # v1 is the champion to begin with (so promotion has a previous champion to compare with)
     first = min(world.versions)
-    tracking.set_alias("champion", first)
+    if mlflow:
+        tracking.set_alias("champion", first)
     with rt.session() as s:
         row = s.get(ModelVersion, world.versions[first])
         assert row is not None
@@ -230,3 +244,46 @@ def _write_evaluation(world: World, version: int, name: str) -> None:
 if __name__ == "__main__":
     w = build_world()
     print(json.dumps({"versions": sorted(w.versions), "test_cores": len(w.test_cores)}))
+
+
+# --- pytest fixtures: one world per module (SQLite + MLflow), copied for each test -------------
+
+
+@pytest.fixture(scope="module")
+def world_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, World]:
+    """A data dir (SQLite database, MLflow store, evaluations) holding the world."""
+    from her2ops.config import get_settings
+    from her2ops.platform.db import reset_engines
+
+    data = tmp_path_factory.mktemp("world") / "data"
+    with pytest.MonkeyPatch.context() as mp:
+        for key in list(os.environ):
+            if key.startswith("HER2OPS_") and not key.startswith("HER2OPS_TEST_"):
+                mp.delenv(key)
+        mp.setenv("HER2OPS_DATA_DIR", str(data))
+        get_settings.cache_clear()
+        world = build_world()
+        reset_engines()
+    get_settings.cache_clear()
+    return data, world
+
+
+@pytest.fixture
+def world(
+    world_template: tuple[Path, World], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[World]:
+    """This test's own copy of the world, set as the HER2OPS_DATA_DIR of the test."""
+    from her2ops.config import get_settings
+    from her2ops.dashboards.ui import clear_cache
+    from her2ops.platform.db import reset_engines
+
+    src, built = world_template
+    data = tmp_path / "world"
+    shutil.copytree(src, data)
+    # MLflow's artefact root is recorded as an absolute path in its store; nothing reads it here
+    monkeypatch.setenv("HER2OPS_DATA_DIR", str(data))
+    get_settings.cache_clear()
+    clear_cache()
+    yield built
+    clear_cache()
+    reset_engines()
