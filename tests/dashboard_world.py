@@ -249,8 +249,8 @@ if __name__ == "__main__":
 # --- pytest fixtures: one world per module (SQLite + MLflow), copied for each test -------------
 
 
-@pytest.fixture(scope="module")
-def world_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, World]:
+@pytest.fixture(scope="module", name="world_template")
+def world_template_fixture(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, World]:
     """A data dir (SQLite database, MLflow store, evaluations) holding the world."""
     from her2ops.config import get_settings
     from her2ops.platform.db import reset_engines
@@ -268,8 +268,8 @@ def world_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Worl
     return data, world
 
 
-@pytest.fixture
-def world(
+@pytest.fixture(name="world")
+def world_fixture(
     world_template: tuple[Path, World], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[World]:
     """This test's own copy of the world, set as the HER2OPS_DATA_DIR of the test."""

@@ -35,6 +35,8 @@ def streamlit_argv(port: int, host: str) -> list[str]:
         "true",
         "--browser.gatherUsageStats",
         "false",
+        "--client.toolbarMode",
+        "viewer",
         "--global.developmentMode",
         "false",
     ]

@@ -18,10 +18,10 @@ from her2ops.dashboards.ui import escape_markdown
 
 #: url path -> (title, icon, read area or None for every signed-in user, render function)
 PAGES: dict[str, tuple[str, str, str | None, Callable[[], None]]] = {
-    "curation": ("Curation", "📊", "curation", curation.render),
-    "models": ("Models", "🧪", "models", models.render),
-    "core": ("Core", "🔬", "cores", core.render),
-    "account": ("Account", "👤", None, account.render),
+    "curation": ("Curation", ":material/bar_chart:", "curation", curation.render),
+    "models": ("Models", ":material/model_training:", "models", models.render),
+    "core": ("Core", ":material/biotech:", "cores", core.render),
+    "account": ("Account", ":material/person:", None, account.render),
 }
 
 

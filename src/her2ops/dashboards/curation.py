@@ -34,7 +34,7 @@ def render() -> None:
     st.subheader("Progress per week")
     weeks = load(q.activity_by_week, actor=actor)
     if weeks:
-        st.line_chart(pd.DataFrame(weeks), x="week", y=["votes", "labels"])
+        st.bar_chart(pd.DataFrame(weeks), x="week", y=["votes", "labels"], stack=False)
     else:
         st.info("No votes yet.")
 

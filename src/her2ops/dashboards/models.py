@@ -26,10 +26,16 @@ def render() -> None:
         return
     st.subheader("Registered versions")
     st.dataframe(pd.DataFrame([_row(v) for v in versions]), hide_index=True)
-    labels = {f"v{v['version']}" + _aliases(v): v for v in versions}
+    # options are version numbers (stable across promotions); the aliases are only their labels
+    labels = {int(v["version"]): v for v in versions}
 
     st.subheader("Test evaluation")
-    chosen = labels[st.selectbox("version", list(labels), key="eval_version")]
+    champion = next((i for i, v in enumerate(labels.values()) if "champion" in v["aliases"]), 0)
+    chosen = labels[
+        st.selectbox(
+            "version", list(labels), index=champion, format_func=_name(labels), key="eval_version"
+        )
+    ]
     _evaluation(chosen)
 
     st.subheader("Compare two versions on the same test partition")
@@ -39,8 +45,12 @@ def render() -> None:
     _promote(actor, labels)
 
 
-def _aliases(v: dict[str, Any]) -> str:
-    return f" ({', '.join(v['aliases'])})" if v["aliases"] else ""
+def _name(labels: dict[int, dict[str, Any]]) -> Any:
+    def name(version: int) -> str:
+        aliases = labels[version]["aliases"] if version in labels else []
+        return f"v{version}" + (f" ({', '.join(aliases)})" if aliases else "")
+
+    return name
 
 
 def _row(v: dict[str, Any]) -> dict[str, Any]:
@@ -79,7 +89,7 @@ def _evaluation(v: dict[str, Any]) -> None:
             st.image(path, caption=kind)
 
 
-def _compare(actor: str, labels: dict[str, dict[str, Any]]) -> None:
+def _compare(actor: str, labels: dict[int, dict[str, Any]]) -> None:
     if len(labels) < 2:
         st.info("Two versions are needed for a comparison.")
         return
@@ -90,20 +100,15 @@ def _compare(actor: str, labels: dict[str, dict[str, Any]]) -> None:
     if ia == ib:
         ia, ib = 1, 0
     cols = st.columns(2)
-    a = cols[0].selectbox("version A", names, index=ia, key="cmp_a")
-    b = cols[1].selectbox("version B", names, index=ib, key="cmp_b")
-    if not st.button("Compare", key="cmp_go"):
-        if "comparison" not in st.session_state:
-            return
-    else:
-        st.session_state["comparison"] = attempt(
-            q.compare_models,
-            actor=actor,
-            a=str(labels[a]["version"]),
-            b=str(labels[b]["version"]),
+    a = cols[0].selectbox("version A", names, index=ia, format_func=_name(labels), key="cmp_a")
+    b = cols[1].selectbox("version B", names, index=ib, format_func=_name(labels), key="cmp_b")
+    if st.button("Compare", key="cmp_go"):
+        st.session_state["comparison"] = (
+            (a, b),
+            attempt(q.compare_models, actor=actor, a=str(a), b=str(b)),
         )
-    result = st.session_state.get("comparison")
-    if not result:
+    pair, result = st.session_state.get("comparison") or (None, None)
+    if not result or pair != (a, b):  # never show the figures of another pair
         return
     va, vb = result["versions"]
     st.caption(
@@ -129,9 +134,11 @@ def _compare(actor: str, labels: dict[str, dict[str, Any]]) -> None:
     page_link(CORE_PAGE, f"Open core {escape_markdown(core)}", core=core)
 
 
-def _promote(actor: str, labels: dict[str, dict[str, Any]]) -> None:
+def _promote(actor: str, labels: dict[int, dict[str, Any]]) -> None:
     with st.form("promote"):
-        target = st.selectbox("version", list(labels), key="promote_version")
+        target = st.selectbox(
+            "version", list(labels), format_func=_name(labels), key="promote_version"
+        )
         reason = st.text_area("reason (required, audited)", key="promote_reason")
         force = st.checkbox(
             "force: the champion was evaluated on a different test partition", key="promote_force"
@@ -141,7 +148,7 @@ def _promote(actor: str, labels: dict[str, dict[str, Any]]) -> None:
         done = attempt(
             promote_with_reason,
             actor=actor,
-            ref=str(labels[target]["version"]),
+            ref=str(target),
             reason=reason,
             force=force,
         )
