@@ -82,14 +82,17 @@ def server(tmp_path: Path) -> Iterator[str]:
 
 
 def wait_for_app_run(page: object) -> None:
-    """Wait until the app is connected and its script has finished running."""
-    page.wait_for_selector(  # type: ignore[attr-defined]
-        "[data-testid='stApp'][data-test-connection-state='CONNECTED']", timeout=TIMEOUT_MS
+    """Wait until the app is connected, its script has finished running and nothing on the page
+    is stale, twice in a row (a login reruns the script once more after the first run ends)."""
+    done = (
+        "() => { const app = document.querySelector(\"[data-testid='stApp']\");"
+        " return !!app && app.getAttribute('data-test-connection-state') === 'CONNECTED'"
+        " && app.getAttribute('data-test-script-state') === 'notRunning'"
+        " && document.querySelectorAll(\"[data-stale='true']\").length === 0; }"
     )
-    time.sleep(0.3)  # let a rerun that was just triggered start
-    page.wait_for_selector(  # type: ignore[attr-defined]
-        "[data-testid='stApp'][data-test-script-state='notRunning']", timeout=TIMEOUT_MS
-    )
+    for _ in range(2):
+        time.sleep(0.4)  # let a rerun that was just triggered start
+        page.wait_for_function(done, timeout=TIMEOUT_MS)  # type: ignore[attr-defined]
 
 
 def shot(page: object, name: str) -> None:
@@ -150,9 +153,12 @@ def test_dashboards_in_a_browser(server: str) -> None:
             page = ctx.new_page()
             log_in(page, server, "lm", PASSWORDS["lm"])
             expect(page.get_by_role("heading", name="Curation")).to_be_visible()
-            expect(page.get_by_text("Fleiss' kappa")).to_be_visible()
             expect(page.get_by_text("Progress per week")).to_be_visible()
             shot(page, "04-curation")
+            page.get_by_test_id("stSidebarNav").get_by_role("link", name="Agreement").click()
+            wait_for_app_run(page)
+            expect(page.get_by_text("Fleiss' kappa")).to_be_visible()
+            shot(page, "05-agreement")
             ctx.close()
 
             # engineer: models, compare, open a core, promote
@@ -164,12 +170,12 @@ def test_dashboards_in_a_browser(server: str) -> None:
             page.get_by_role("button", name="Compare").click()
             wait_for_app_run(page)
             expect(page.get_by_text("McNemar p")).to_be_visible()
-            shot(page, "05-models-compare")
+            shot(page, "06-models-compare")
 
             page.get_by_role("link", name="Open core").click()
             wait_for_app_run(page)
             expect(page.get_by_role("heading", name="Core")).to_be_visible()
-            shot(page, "06-core")
+            shot(page, "07-core")
 
             box = page.get_by_role("textbox", name="core code")
             box.fill(EVIL_CORE)
@@ -178,7 +184,7 @@ def test_dashboards_in_a_browser(server: str) -> None:
             expect(page.get_by_text("core <b>C-evil</b>**x** · patient P000")).to_be_visible()
             assert page.locator("img[src='x']").count() == 0  # the comment's <img> stays text
             assert EVIL_COMMENT.startswith("**bold**")
-            shot(page, "07-core-with-html-in-code-and-comment")
+            shot(page, "08-core-with-html-in-code-and-comment")
 
             page.get_by_test_id("stSidebarNav").get_by_role("link", name="Models").click()
             wait_for_app_run(page)
@@ -191,7 +197,7 @@ def test_dashboards_in_a_browser(server: str) -> None:
             form.get_by_role("button", name="Promote").click()
             wait_for_app_run(page)
             expect(page.get_by_text("v2 is now champion (was v1)")).to_be_visible()
-            shot(page, "08-models-promoted")
+            shot(page, "09-models-promoted")
             ctx.close()
         finally:
             browser.close()

@@ -76,10 +76,10 @@ def test_signed_out_sees_only_the_login(world: World) -> None:
 @pytest.mark.parametrize(
     ("user", "first_page", "paths"),
     [
-        ("lm", "Curation", ["curation", "core", "account"]),
+        ("lm", "Curation", ["curation", "agreement", "core", "account"]),
         ("eng", "Models", ["models", "core", "account"]),
         ("p1", "Account", ["account"]),
-        ("admin", "Curation", ["curation", "models", "core", "account"]),
+        ("admin", "Curation", ["curation", "agreement", "models", "core", "account"]),
     ],
 )
 def test_login_opens_the_roles_pages(
@@ -123,9 +123,22 @@ def test_curation_page_for_a_lab_manager(world: World) -> None:
     assert EVIL_CORE in at.session_state["label_export"]
 
 
+def test_agreement_page_for_a_lab_manager(world: World) -> None:
+    at = page("agreement", "lm")
+    assert not at.exception, at.exception
+    stats = q.agreement(actor="lm")
+    assert {m.label: m.value for m in at.metric} == {
+        "Fleiss' kappa": f"{stats['fleiss']['kappa']:.3f}"
+    }
+    pairs, per_rater = (df.value for df in at.dataframe)
+    assert len(pairs) == len(stats["pairwise_cohen"]["pairs"]) == 3
+    assert per_rater["pathologist"].tolist() == ["p1", "p2", "p3"]
+
+
+@pytest.mark.parametrize("module", ["curation", "agreement"])
 @pytest.mark.parametrize("user", ["p1", "eng", None])
-def test_curation_page_refuses_other_roles(world: World, user: str | None) -> None:
-    at = page("curation", user)
+def test_curation_pages_refuse_other_roles(world: World, module: str, user: str | None) -> None:
+    at = page(module, user)
     assert not at.metric and not at.dataframe
     assert errors(at) and "not available" in errors(at)[0]
 

@@ -72,15 +72,50 @@ def test_activity_by_week_counts_every_vote_and_label(tables_world: World) -> No
     assert [w["week"] for w in weeks] == sorted({w["week"] for w in weeks})
 
 
-def test_split_balance_and_agreement(tables_world: World) -> None:
+def test_split_balance(tables_world: World) -> None:
     bal = q.split_balance(actor="lm", split="main")
     assert bal["frozen"] is True
     assert sum(p["n"] for p in bal["by_patient"]["partitions"].values()) == bal["patients"] == 16
-    stats = q.agreement(actor="admin")
-    assert stats["raters"] == ["p1", "p2", "p3"]
-    assert set(stats["agreement_with_consensus"]) == {"p1", "p2", "p3"}
     with pytest.raises(NotFound):
         q.split_balance(actor="lm", split="nope")
+
+
+def test_agreement_counted_in_sql_equals_the_stats_module(tables_world: World) -> None:
+    """The SQL aggregation gives her2ops stats' figures, also with ND votes, a rater who voted
+    on a few cores only (Fleiss then skips cores) and a pair that shares no core."""
+    from her2ops.platform.curation import add_user
+    from her2ops.platform.labels import stats_summary
+    from her2ops.platform.schema import User
+
+    with session_scope() as s:
+        add_user(s, actor="admin", username="p4", role="pathologist")
+        add_user(s, actor="admin", username="p5", role="pathologist")
+    with session_scope() as s:
+        uid = {u.username: u.id for u in s.scalars(select(User))}
+        cores = list(s.scalars(select(Core.id).where(Core.status == "ingested").order_by(Core.id)))
+        rng = np.random.default_rng(7)
+        for cid in cores[:9]:  # p4: a few cores, some ND
+            score = str(rng.choice(["0", "1+", "2+", "3+", "ND"]))
+            s.add(Vote(core_id=cid, user_id=uid["p4"], score=score, round="initial", seq=0))
+        for cid in cores[-3:]:  # p5 never shares a core with p4
+            s.add(Vote(core_id=cid, user_id=uid["p5"], score="ND", round="initial", seq=0))
+    with session_scope() as s:
+        reference = stats_summary(s)
+    fast = q.agreement(actor="lm")
+    assert fast["raters"] == reference["raters"] == ["p1", "p2", "p3", "p4", "p5"]
+    for key in ("n_subjects", "n_raters", "n_skipped"):
+        assert fast["fleiss"][key] == reference["fleiss"][key]
+    assert fast["fleiss"]["kappa"] == pytest.approx(reference["fleiss"]["kappa"])
+    ref_pairs = reference["pairwise_cohen"]["pairs"]
+    assert [(p["rater_a"], p["rater_b"], p["n"]) for p in fast["pairwise_cohen"]["pairs"]] == [
+        (p["rater_a"], p["rater_b"], p["n"]) for p in ref_pairs
+    ]
+    for mine, ref in zip(fast["pairwise_cohen"]["pairs"], ref_pairs, strict=True):
+        assert mine["kappa"] == pytest.approx(ref["kappa"], nan_ok=True)
+    ref_agree = reference["agreement_with_consensus"]
+    assert fast["agreement_with_consensus"].keys() == ref_agree.keys()
+    for who, row in fast["agreement_with_consensus"].items():
+        assert row == pytest.approx(ref_agree[who], nan_ok=True)
 
 
 def test_label_export_and_core_detail_keep_text_as_typed(tables_world: World) -> None:

@@ -12,13 +12,14 @@ from typing import Any
 
 import streamlit as st
 
-from her2ops.dashboards import account, core, curation, login, models
+from her2ops.dashboards import account, agreement, core, curation, login, models
 from her2ops.dashboards.session import PAGES_KEY, current_user, log_out, may_read
 from her2ops.dashboards.ui import escape_markdown
 
 #: url path -> (title, icon, read area or None for every signed-in user, render function)
 PAGES: dict[str, tuple[str, str, str | None, Callable[[], None]]] = {
     "curation": ("Curation", ":material/bar_chart:", "curation", curation.render),
+    "agreement": ("Agreement", ":material/handshake:", "curation", agreement.render),
     "models": ("Models", ":material/model_training:", "models", models.render),
     "core": ("Core", ":material/biotech:", "cores", core.render),
     "account": ("Account", ":material/person:", None, account.render),

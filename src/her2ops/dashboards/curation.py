@@ -1,4 +1,5 @@
-"""Curation page (lab managers): how far curation is and where the disagreements are."""
+"""Curation page (lab managers): how far curation is, where the disagreements are, split balance
+and the label export. Agreement statistics have a page of their own (they read every vote)."""
 
 from __future__ import annotations
 
@@ -38,8 +39,6 @@ def render() -> None:
     else:
         st.info("No votes yet.")
 
-    _agreement(actor)
-
     left, right = st.columns(2)
     with left:
         st.subheader("Cores needing adjudication")
@@ -65,30 +64,6 @@ def _table(block: dict[str, object], empty: str) -> None:
     st.dataframe(pd.DataFrame(rows), hide_index=True, height=260)
     if block["total"] != len(rows):
         st.caption(f"first {len(rows)} of {block['total']:,}")
-
-
-def _agreement(actor: str) -> None:
-    st.subheader("Agreement between pathologists (initial votes)")
-    stats = load(q.agreement, actor=actor)
-    fleiss = stats["fleiss"]["kappa"]
-    st.metric(
-        "Fleiss' kappa",
-        "-" if fleiss is None else f"{fleiss:.3f}",
-        help=f"{stats['fleiss']['n_subjects']:,} cores, {stats['fleiss']['n_raters']} raters",
-    )
-    left, right = st.columns(2)
-    with left:
-        st.caption("pairwise quadratic-weighted Cohen's kappa (ND excluded)")
-        pairs = stats["pairwise_cohen"]["pairs"]
-        if pairs:
-            st.dataframe(pd.DataFrame(pairs), hide_index=True, height=260)
-    with right:
-        st.caption("each pathologist's agreement with the consensus")
-        rows = [
-            {"pathologist": who, **vals} for who, vals in stats["agreement_with_consensus"].items()
-        ]
-        if rows:
-            st.dataframe(pd.DataFrame(rows), hide_index=True, height=260)
 
 
 def _splits(actor: str, splits: list[str]) -> None:

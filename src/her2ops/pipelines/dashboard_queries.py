@@ -182,10 +182,139 @@ def activity_by_week(*, actor: str | None) -> list[dict[str, Any]]:
 
 
 def agreement(*, actor: str | None) -> dict[str, Any]:
-    """Fleiss' kappa, pairwise weighted Cohen's kappa, each pathologist vs the consensus."""
+    """Fleiss' kappa, pairwise quadratic-weighted Cohen's kappa (ND excluded) and each
+    pathologist's agreement with the consensus, over the initial votes.
+
+    The same figures as ``her2ops stats`` (``platform.stats``, whose rules this follows: Fleiss
+    over the cores with the modal number of raters, ND a category of its own there; a test
+    checks it against ``stats_summary``), but counted in the database: one query pivots each
+    core's initial votes into a row (one column per rater, plus the consensus score) and counts
+    the distinct rows, so a few thousand patterns come back instead of every vote.
+    """
+    from sqlalchemy import case
+
     with get_runtime().session() as s:
         _reader(s, actor, "curation")
-        return labels_service.stats_summary(s)
+        names = dict(s.execute(select(User.id, User.username)).all())
+        rater_ids = sorted(
+            s.scalars(select(Vote.user_id).where(Vote.round == "initial").distinct()),
+            key=lambda u: names[u],
+        )
+        patterns: list[tuple[tuple[int | None, ...], int | None, int]] = []
+        if rater_ids:
+            cols = [
+                func.max(case((Vote.user_id == uid, Vote.score))).label(f"r{i}")
+                for i, uid in enumerate(rater_ids)
+            ]
+            per_core = (
+                select(Vote.core_id, *cols)
+                .where(Vote.round == "initial")
+                .group_by(Vote.core_id)
+                .subquery()
+            )
+            label = (
+                select(ConsensusLabel.core_id, ConsensusLabel.score)
+                .where(
+                    ConsensusLabel.is_current.is_(True),
+                    ConsensusLabel.status.in_(LABELLED_STATUSES),
+                )
+                .subquery()
+            )
+            rcols = [per_core.c[f"r{i}"] for i in range(len(rater_ids))]
+            for row in s.execute(
+                select(*rcols, label.c.score, func.count())
+                .select_from(per_core)
+                .outerjoin(label, label.c.core_id == per_core.c.core_id)
+                .group_by(*rcols, label.c.score)
+            ):
+                votes = tuple(None if v is None else _CATEGORY[v] for v in row[:-2])
+                patterns.append((votes, row[-2], int(row[-1])))
+    raters = [names[u] for u in rater_ids]
+    return {
+        "raters": raters,
+        "fleiss": _fleiss(patterns),
+        "pairwise_cohen": {
+            "weights": "quadratic",
+            "nd_excluded": True,
+            "pairs": [
+                {"rater_a": raters[i], "rater_b": raters[j], **_weighted_kappa(patterns, i, j)}
+                for i in range(len(raters))
+                for j in range(i + 1, len(raters))
+            ],
+        },
+        "agreement_with_consensus": {
+            who: _agreement_row(patterns, i) for i, who in enumerate(raters)
+        },
+    }
+
+
+#: Vote text -> category index; ND is index 4 (a category of its own for Fleiss only).
+_CATEGORY = {"0": 0, "1+": 1, "2+": 2, "3+": 3, "ND": 4}
+_ND = 4
+Pattern = tuple[tuple[int | None, ...], int | None, int]  # votes per rater, consensus, cores
+
+
+def _fleiss(patterns: list[Pattern]) -> dict[str, Any]:
+    by_size: Counter[int] = Counter()
+    for votes, _, count in patterns:
+        by_size[sum(v is not None for v in votes)] += count
+    n_voted = sum(by_size.values())
+    candidates = {n: k for n, k in by_size.items() if n >= 2}
+    if not candidates:
+        return {"kappa": None, "n_subjects": 0, "n_raters": 0, "n_skipped": n_voted}
+    m = max(candidates, key=lambda n: (candidates[n], n))
+    used, sq, totals = 0, 0.0, np.zeros(len(_CATEGORY))
+    for votes, _, count in patterns:
+        cats = [v for v in votes if v is not None]
+        if len(cats) != m:
+            continue
+        per = np.bincount(cats, minlength=len(_CATEGORY))
+        used += count
+        sq += count * float((per * per).sum())
+        totals += count * per
+    p_cat = totals / totals.sum()
+    p_mean = (sq - used * m) / (used * m * (m - 1.0))
+    p_exp = float((p_cat * p_cat).sum())
+    kappa = None if p_exp == 1.0 else float((p_mean - p_exp) / (1.0 - p_exp))
+    return {"kappa": kappa, "n_subjects": used, "n_raters": m, "n_skipped": n_voted - used}
+
+
+def _weighted_kappa(patterns: list[Pattern], a: int, b: int) -> dict[str, Any]:
+    """Quadratic-weighted Cohen's kappa of raters ``a`` and ``b`` over the cores both scored
+    (ND dropped), as ``platform.stats.cohen_kappa`` with labels 0..3."""
+    table = np.zeros((4, 4))
+    for votes, _, count in patterns:
+        x, y = votes[a], votes[b]
+        if x is not None and y is not None and x != _ND and y != _ND:
+            table[x, y] += count
+    n = int(table.sum())
+    if n == 0:
+        return {"kappa": None, "n": 0}
+    expected = np.outer(table.sum(axis=1), table.sum(axis=0)) / n
+    grid = np.broadcast_to(np.arange(4, dtype=np.float64), (4, 4))
+    w = (grid - grid.T) ** 2
+    denominator = float((w * expected).sum())
+    kappa = None if denominator == 0.0 else float(1.0 - (w * table).sum() / denominator)
+    return {"kappa": kappa, "n": n}
+
+
+def _agreement_row(patterns: list[Pattern], r: int) -> dict[str, Any]:
+    """One rater against the consensus over the labelled cores they voted on (ND: wrong)."""
+    n = agree = near = 0
+    for votes, truth, count in patterns:
+        v = votes[r]
+        if v is None or truth is None:
+            continue
+        n += count
+        if v != _ND:
+            agree += count if v == truth else 0
+            near += count if abs(v - truth) <= 1 else 0
+    return {
+        "n": n,
+        "agree": agree,
+        "rate": agree / n if n else None,
+        "within_one_rate": near / n if n else None,
+    }
 
 
 def split_balance(*, actor: str | None, split: str) -> dict[str, Any]:
