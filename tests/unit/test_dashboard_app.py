@@ -55,6 +55,11 @@ def texts(at: AppTest) -> list[str]:
     return [e.value for e in at.title] + [e.value for e in at.text]
 
 
+def pick(at: AppTest, label: str, *, form: bool = False) -> Any:
+    """The selectbox labelled ``label`` (in the promotion form, or outside any form)."""
+    return next(s for s in at.selectbox if s.label == label and bool(s.form_id) == form)
+
+
 def errors(at: AppTest) -> list[str]:
     return [e.value for e in at.error]
 
@@ -174,8 +179,8 @@ def test_models_page_lists_versions_and_compares_champion_with_challenger(world:
     assert not at.exception, at.exception
     versions = at.dataframe[0].value
     assert sorted(versions["version"].tolist()) == [1, 2, 3]
-    assert at.selectbox(key="cmp_a").value == 1  # the champion
-    assert at.selectbox(key="cmp_b").value == 2  # the challenger
+    assert pick(at, "version A").value == 1  # the champion
+    assert pick(at, "version B").value == 2  # the challenger
     at.button(key="cmp_go").click().run()
     assert not at.exception and not errors(at)
     expected = q.compare_models(actor="eng", a="1", b="2")
@@ -188,7 +193,7 @@ def test_models_page_lists_versions_and_compares_champion_with_challenger(world:
 
 def test_promotion_needs_a_reason_then_moves_the_alias_everywhere(world: World) -> None:
     at = page("models", "eng")
-    at.selectbox(key="promote_version").select(2)
+    pick(at, "version", form=True).select(2)
     at.button(key="FormSubmitter:promote-Promote").click().run()
     assert errors(at) == ["a promotion needs a reason"]
     assert "champion" in _aliases()[1]
@@ -210,7 +215,7 @@ def test_promotion_needs_a_reason_then_moves_the_alias_everywhere(world: World) 
 
 def test_promotion_from_another_split_is_refused_unless_forced(world: World) -> None:
     at = page("models", "eng")
-    at.selectbox(key="promote_version").select(3)
+    pick(at, "version", form=True).select(3)
     at.text_area(key="promote_reason").input("try it")
     at.button(key="FormSubmitter:promote-Promote").click().run()
     assert errors(at) and "test partitions differ" in errors(at)[0].replace("\\", "")

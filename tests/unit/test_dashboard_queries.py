@@ -72,7 +72,13 @@ def test_activity_by_week_counts_every_vote_and_label(tables_world: World) -> No
     assert [w["week"] for w in weeks] == sorted({w["week"] for w in weeks})
 
 
-def test_split_balance(tables_world: World) -> None:
+def test_split_balance_equals_split_show(tables_world: World) -> None:
+    from her2ops.platform.splits import show_split
+
+    for name in ("main", "other"):
+        with session_scope() as s:
+            reference = show_split(s, name)
+        assert q.split_balance(actor="lm", split=name) == reference
     bal = q.split_balance(actor="lm", split="main")
     assert bal["frozen"] is True
     assert sum(p["n"] for p in bal["by_patient"]["partitions"].values()) == bal["patients"] == 16

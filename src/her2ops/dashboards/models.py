@@ -33,7 +33,11 @@ def render() -> None:
     champion = next((i for i, v in enumerate(labels.values()) if "champion" in v["aliases"]), 0)
     chosen = labels[
         st.selectbox(
-            "version", list(labels), index=champion, format_func=_name(labels), key="eval_version"
+            "version",
+            list(labels),
+            index=champion,
+            format_func=_name(labels),
+            key=_key("eval_version", labels),
         )
     ]
     _evaluation(chosen)
@@ -43,6 +47,13 @@ def render() -> None:
 
     st.subheader("Promote to champion")
     _promote(actor, labels)
+
+
+def _key(name: str, labels: dict[int, dict[str, Any]]) -> str:
+    """A widget key that changes when any alias moves, so that version pickers (whose labels
+    show the aliases) are rebuilt after a promotion instead of keeping stale labels."""
+    token = ";".join(f"{v}:{','.join(info['aliases'])}" for v, info in sorted(labels.items()))
+    return f"{name}-{token}"
 
 
 def _name(labels: dict[int, dict[str, Any]]) -> Any:
@@ -100,8 +111,12 @@ def _compare(actor: str, labels: dict[int, dict[str, Any]]) -> None:
     if ia == ib:
         ia, ib = 1, 0
     cols = st.columns(2)
-    a = cols[0].selectbox("version A", names, index=ia, format_func=_name(labels), key="cmp_a")
-    b = cols[1].selectbox("version B", names, index=ib, format_func=_name(labels), key="cmp_b")
+    a = cols[0].selectbox(
+        "version A", names, index=ia, format_func=_name(labels), key=_key("cmp_a", labels)
+    )
+    b = cols[1].selectbox(
+        "version B", names, index=ib, format_func=_name(labels), key=_key("cmp_b", labels)
+    )
     if st.button("Compare", key="cmp_go"):
         st.session_state["comparison"] = (
             (a, b),
@@ -137,7 +152,7 @@ def _compare(actor: str, labels: dict[int, dict[str, Any]]) -> None:
 def _promote(actor: str, labels: dict[int, dict[str, Any]]) -> None:
     with st.form("promote"):
         target = st.selectbox(
-            "version", list(labels), format_func=_name(labels), key="promote_version"
+            "version", list(labels), format_func=_name(labels), key=_key("promote", labels)
         )
         reason = st.text_area("reason (required, audited)", key="promote_reason")
         force = st.checkbox(

@@ -318,10 +318,78 @@ def _agreement_row(patterns: list[Pattern], r: int) -> dict[str, Any]:
 
 
 def split_balance(*, actor: str | None, split: str) -> dict[str, Any]:
-    """Sizes and class balance per partition of ``split``, by patient and by labelled core."""
+    """Sizes and class balance per partition of ``split``, by patient and by labelled core.
+
+    The figures of ``her2ops split show`` (``platform.splits.show_split``: a patient's class is
+    its highest current training label; a test checks the two agree), counted with GROUP BYs in
+    the database and laid out by the same ``partition_balance``.
+    """
+    from her2ops.platform.schema import SplitAssignment
+    from her2ops.platform.split_rules import partition_balance
+
     with get_runtime().session() as s:
         _reader(s, actor, "curation")
-        return split_service.show_split(s, split)
+        sp = split_service.get_split(s, split)
+        labelled = (
+            select(Core.patient_id, Core.id.label("core_id"), ConsensusLabel.score)
+            .join(ConsensusLabel, ConsensusLabel.core_id == Core.id)
+            .where(
+                ConsensusLabel.is_current.is_(True),
+                ConsensusLabel.status.in_(LABELLED_STATUSES),
+                ConsensusLabel.score.is_not(None),
+            )
+            .subquery()
+        )
+        top = (
+            select(labelled.c.patient_id, func.max(labelled.c.score).label("score"))
+            .group_by(labelled.c.patient_id)
+            .subquery()
+        )
+        assigned = select(SplitAssignment.patient_id, SplitAssignment.partition).where(
+            SplitAssignment.split_id == sp.id
+        )
+        a = assigned.subquery()
+        by_patient = s.execute(
+            select(a.c.partition, top.c.score, func.count())
+            .select_from(a)
+            .outerjoin(top, top.c.patient_id == a.c.patient_id)
+            .group_by(a.c.partition, top.c.score)
+        ).all()
+        by_core = s.execute(
+            select(a.c.partition, labelled.c.score, func.count())
+            .select_from(a)
+            .join(labelled, labelled.c.patient_id == a.c.patient_id)
+            .group_by(a.c.partition, labelled.c.score)
+        ).all()
+        n_patients = int(s.scalar(select(func.count()).select_from(Patient)) or 0)
+        info = {
+            "name": sp.name,
+            "seed": sp.seed,
+            "ratios": sp.ratios,
+            "created_at": sp.created_at.isoformat(),
+            "frozen": sp.frozen_at is not None,
+            "frozen_reason": sp.frozen_reason,
+        }
+    patients = sum(int(n) for _, _, n in by_patient)
+    return {
+        **info,
+        "patients": patients,
+        "unassigned_patients": n_patients - patients,
+        "by_patient": _balance(by_patient, partition_balance),
+        "by_core": _balance(by_core, partition_balance) if by_core else None,
+    }
+
+
+def _balance(counts: Any, partition_balance: Any) -> dict[str, Any]:
+    """``partition_balance`` of (partition, class, count) rows (units stand in for the counts)."""
+    assignment: dict[str, str] = {}
+    strata: dict[str, int | None] = {}
+    for partition, cls, n in counts:
+        for i in range(int(n)):
+            unit = f"{partition}/{cls}/{i}"
+            assignment[unit] = partition
+            strata[unit] = None if cls is None else int(cls)
+    return partition_balance(assignment, strata)
 
 
 def label_export_csv(*, actor: str | None, split: str | None = None) -> str:
