@@ -119,6 +119,11 @@ def build_world(n_patients: int = 30, seed: int = 0, *, mlflow: bool = True) -> 
             failure_reason="<script>alert('x')</script> not an image",
         )
         s.add(failed)
+    # one core with a real (synthetic) image in the store, for the whole-core view
+    from her2ops.synthetic.render import synth_core
+
+    rgb, _ = synth_core(2, size=256, rng=np.random.default_rng(seed))
+    rt.store.put_array(rgb, sha256=f"{0:032d}{0:032d}")
     with rt.session() as s:
         apply_consensus(s, actor="lm", all_cores=True)
         create_split(

@@ -83,12 +83,14 @@ def server(tmp_path: Path) -> Iterator[str]:
 
 def wait_for_app_run(page: object) -> None:
     """Wait until the app is connected, its script has finished running and nothing on the page
-    is stale, twice in a row (a login reruns the script once more after the first run ends)."""
+    is stale or still loading (lazy elements show a skeleton), twice in a row (a login reruns
+    the script once more after the first run ends)."""
     done = (
         "() => { const app = document.querySelector(\"[data-testid='stApp']\");"
         " return !!app && app.getAttribute('data-test-connection-state') === 'CONNECTED'"
         " && app.getAttribute('data-test-script-state') === 'notRunning'"
-        " && document.querySelectorAll(\"[data-stale='true']\").length === 0; }"
+        " && document.querySelectorAll(\"[data-stale='true'], [data-testid='stSkeleton']\")"
+        ".length === 0; }"
     )
     for _ in range(2):
         time.sleep(0.4)  # let a rerun that was just triggered start

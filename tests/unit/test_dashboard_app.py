@@ -250,6 +250,7 @@ def test_core_page_shows_code_and_comments_as_text(world: World) -> None:
     at.run()
     assert not at.exception and not errors(at)
     assert any(EVIL_CORE in t for t in texts(at))  # st.text: never markdown or HTML
+    assert len(at.get("image")) == 1  # the whole-core view from the store
     votes = at.dataframe[0].value
     assert EVIL_COMMENT in votes["comment"].tolist()
     assert not any("<img" in m.value or "<b>" in m.value for m in at.markdown)

@@ -131,7 +131,8 @@ def test_label_export_and_core_detail_keep_text_as_typed(tables_world: World) ->
     detail = q.core_detail(actor="eng", core=EVIL_CORE)
     assert detail["core"] == EVIL_CORE
     assert [v["comment"] for v in detail["votes"] if v["pathologist"] == "p1"] == [EVIL_COMMENT]
-    assert detail["image"] is None  # inserted without an image
+    assert detail["image"].shape == (256, 256, 3)  # the store's top level (<= 512 px)
+    assert q.core_detail(actor="eng", core="C001-0")["image"] is None  # not in the store
     with pytest.raises(NotFound):
         q.core_detail(actor="eng", core="no-such-core")
 
