@@ -32,9 +32,13 @@ def render() -> None:
         else:
             st.info("image not in the store")
     with right:
-        st.caption("votes")
-        st.dataframe(pd.DataFrame(detail["votes"]), hide_index=True)
-        st.caption("label versions")
-        st.dataframe(pd.DataFrame(detail["labels"]), hide_index=True)
-        st.caption("predictions")
-        st.dataframe(pd.DataFrame(detail["predictions"]), hide_index=True)
+        for caption, rows in (
+            ("votes", detail["votes"]),
+            ("label versions", detail["labels"]),
+            ("predictions", detail["predictions"]),
+        ):
+            st.caption(caption)
+            if rows:
+                st.dataframe(pd.DataFrame(rows), hide_index=True)
+            else:
+                st.text("none")
