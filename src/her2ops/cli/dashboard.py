@@ -58,7 +58,7 @@ def dashboard_cmd(
     if ready["users_with_password"] == 0:
         typer.echo(
             "warning: no active user has a password yet, so nobody can log in "
-            "(set one with pipelines.auth.set_password or 'her2ops users passwd')",
+            "(set one with 'her2ops users passwd NAME')",
             err=True,
         )
     typer.echo(f"her2ops dashboards on http://{host}:{port}", err=True)

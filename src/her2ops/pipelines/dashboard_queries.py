@@ -362,6 +362,7 @@ def split_balance(*, actor: str | None, split: str) -> dict[str, Any]:
             .group_by(a.c.partition, labelled.c.score)
         ).all()
         n_patients = int(s.scalar(select(func.count()).select_from(Patient)) or 0)
+        ratios = dict(sp.ratios)
         info = {
             "name": sp.name,
             "seed": sp.seed,
@@ -371,17 +372,20 @@ def split_balance(*, actor: str | None, split: str) -> dict[str, Any]:
             "frozen_reason": sp.frozen_reason,
         }
     patients = sum(int(n) for _, _, n in by_patient)
+    core_units = _units(by_core)
     return {
         **info,
         "patients": patients,
         "unassigned_patients": n_patients - patients,
-        "by_patient": _balance(by_patient, partition_balance),
-        "by_core": _balance(by_core, partition_balance) if by_core else None,
+        "by_patient": partition_balance(*_units(by_patient)),
+        "by_core": partition_balance(*core_units) if by_core else None,
+        "class_counts": split_service.class_counts(*core_units, ratios),
     }
 
 
-def _balance(counts: Any, partition_balance: Any) -> dict[str, Any]:
-    """``partition_balance`` of (partition, class, count) rows (units stand in for the counts)."""
+def _units(counts: Any) -> tuple[dict[str, str], dict[str, int | None]]:
+    """(partition, class, count) rows as the per-unit mappings ``partition_balance`` and
+    ``class_counts`` take (numbered units stand in for the counted ones)."""
     assignment: dict[str, str] = {}
     strata: dict[str, int | None] = {}
     for partition, cls, n in counts:
@@ -389,7 +393,7 @@ def _balance(counts: Any, partition_balance: Any) -> dict[str, Any]:
             unit = f"{partition}/{cls}/{i}"
             assignment[unit] = partition
             strata[unit] = None if cls is None else int(cls)
-    return partition_balance(assignment, strata)
+    return assignment, strata
 
 
 def label_export_csv(*, actor: str | None, split: str | None = None) -> str:
@@ -398,7 +402,7 @@ def label_export_csv(*, actor: str | None, split: str | None = None) -> str:
 
     with get_runtime().session() as s:
         _reader(s, actor, "curation")
-        rows = labels_service.export_rows(s, split=split)
+        rows = labels_service.export_rows(s, actor=actor, split=split)
     return render_export(rows, "csv")
 
 
