@@ -44,6 +44,7 @@ PAGES = {
     "curation": ("curation", "lm"),
     "agreement": ("agreement", "lm"),
     "models": ("models", "eng"),
+    "jobs": ("jobs", "eng"),
     "core": ("core", "eng"),
     "account": ("account", "p1"),
 }
@@ -238,6 +239,7 @@ def page_times(module: str, user: str, role: str, query: dict[str, str]) -> tupl
 def run(url: str, n_cores: int, per_core: int) -> dict[str, Any]:
     from her2ops.pipelines import auth
     from her2ops.pipelines import dashboard_queries as q
+    from her2ops.pipelines import jobs as jobs_uc
 
     t = time.perf_counter()
     info = populate(url, n_cores, per_core)
@@ -255,6 +257,9 @@ def run(url: str, n_cores: int, per_core: int) -> dict[str, Any]:
         ),
         "agreement": lambda: timed(q.agreement, actor="lm"),
         "models": lambda: timed(q.model_overview, actor="eng"),
+        "jobs": lambda: (
+            timed(q.submittable_kinds, actor="eng") + timed(jobs_uc.list_jobs, actor="eng")
+        ),
         "core": lambda: timed(q.core_detail, actor="eng", core="C000123"),
         "account": lambda: timed(q.readable_areas, actor="p1"),
     }

@@ -23,7 +23,7 @@ from sqlalchemy import select
 
 from her2ops.config import get_settings
 from her2ops.platform.db import reset_engines, session_scope
-from her2ops.platform.schema import AuditEvent, ModelVersion
+from her2ops.platform.schema import AuditEvent, Job, ModelVersion
 from tests.dashboard_world import EVIL_COMMENT, EVIL_CORE, PASSWORDS, build_world
 from tests.factories import free_port
 
@@ -188,6 +188,19 @@ def test_dashboards_in_a_browser(server: str) -> None:
             assert EVIL_COMMENT.startswith("**bold**")
             shot(page, "08-core-with-html-in-code-and-comment")
 
+            page.get_by_test_id("stSidebarNav").get_by_role("link", name="Jobs").click()
+            wait_for_app_run(page)
+            expect(page.get_by_role("heading", name="Submit")).to_be_visible()
+            form = page.get_by_test_id("stForm")
+            form.get_by_role("textbox", name="split *").fill("main")
+            form.get_by_role("textbox", name="profile").fill("test")
+            form.get_by_role("button", name="Submit").click()
+            wait_for_app_run(page)
+            expect(page.get_by_text("(train) submitted: queued")).to_be_visible()
+            page.get_by_text("only queued and running").click()
+            wait_for_app_run(page)
+            shot(page, "09-jobs")
+
             page.get_by_test_id("stSidebarNav").get_by_role("link", name="Models").click()
             wait_for_app_run(page)
             form = page.get_by_test_id("stForm")
@@ -199,7 +212,7 @@ def test_dashboards_in_a_browser(server: str) -> None:
             form.get_by_role("button", name="Promote").click()
             wait_for_app_run(page)
             expect(page.get_by_text("v2 is now champion (was v1)")).to_be_visible()
-            shot(page, "09-models-promoted")
+            shot(page, "10-models-promoted")
             ctx.close()
         finally:
             browser.close()
@@ -207,6 +220,7 @@ def test_dashboards_in_a_browser(server: str) -> None:
     get_settings.cache_clear()
     with session_scope() as s:
         aliases = {mv.version: mv.aliases for mv in s.scalars(select(ModelVersion))}
+        jobs = list(s.scalars(select(Job)))
         reasons = [
             e.details
             for e in s.scalars(
@@ -222,6 +236,7 @@ def test_dashboards_in_a_browser(server: str) -> None:
             )
         ]
     assert "champion" in aliases[2] and "champion" not in aliases[1]
+    assert [(j.kind, j.status, j.params["split"]) for j in jobs] == [("train", "queued", "main")]
     assert reasons and reasons[0]["reason"] == "more accurate on frozen test"
     assert logins == [
         ("auth.login_failed", "p1"),

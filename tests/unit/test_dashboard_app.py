@@ -81,10 +81,10 @@ def test_signed_out_sees_only_the_login(world: World) -> None:
 @pytest.mark.parametrize(
     ("user", "first_page", "paths"),
     [
-        ("lm", "Curation", ["curation", "agreement", "core", "account"]),
-        ("eng", "Models", ["models", "core", "account"]),
+        ("lm", "Curation", ["curation", "agreement", "jobs", "core", "account"]),
+        ("eng", "Models", ["models", "jobs", "core", "account"]),
         ("p1", "Account", ["account"]),
-        ("admin", "Curation", ["curation", "agreement", "models", "core", "account"]),
+        ("admin", "Curation", ["curation", "agreement", "models", "jobs", "core", "account"]),
     ],
 )
 def test_login_opens_the_roles_pages(
@@ -276,3 +276,68 @@ def test_account_page_changes_the_password(world: World) -> None:
     assert auth.login("p1", "a brand new password")["username"] == "p1"
     with pytest.raises(PermissionDenied):
         auth.login("p1", PASSWORDS["p1"])
+
+
+# --- jobs ---------------------------------------------------------------------------------------
+
+
+def _jobs() -> list[tuple[int, str, str]]:
+    from her2ops.platform.schema import Job
+
+    with session_scope() as s:
+        return [(j.id, j.kind, j.status) for j in s.scalars(select(Job).order_by(Job.id))]
+
+
+@pytest.mark.parametrize(
+    ("user", "kinds"),
+    [
+        ("eng", ["train", "score", "evaluate", "ensemble", "selftest"]),
+        ("lm", ["score", "evaluate", "selftest"]),
+    ],
+)
+def test_jobs_page_offers_the_roles_kinds(
+    world: World, monkeypatch: pytest.MonkeyPatch, user: str, kinds: list[str]
+) -> None:
+    from her2ops.config import get_settings
+
+    monkeypatch.setenv("HER2OPS_JOBS_SELFTEST", "true")
+    get_settings.cache_clear()
+    at = page("jobs", user)
+    assert not at.exception, at.exception
+    assert pick(at, "kind").options == kinds
+    assert [i.value for i in at.info] == ["No jobs yet."]
+
+
+def test_jobs_page_submits_lists_and_cancels(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    from her2ops.config import get_settings
+
+    monkeypatch.setenv("HER2OPS_JOBS_SELFTEST", "true")
+    get_settings.cache_clear()
+    at = page("jobs", "eng")
+    pick(at, "kind").select("evaluate").run()
+    at.button[0].click().run()  # no split: refused, nothing written
+    assert errors(at) and "split" in errors(at)[0]
+    assert _jobs() == []
+    pick(at, "kind").select("selftest").run()
+    at.text_input(key="job_selftest_mode").input("sleep")
+    at.button[0].click().run()
+    assert not errors(at), errors(at)
+    ((job_id, kind, status),) = _jobs()
+    assert (kind, status) == ("selftest", "queued")
+    assert [s.value for s in at.success] == [f"job {job_id} (selftest) submitted: queued"]
+    at.run()  # the table shows it
+    table = at.dataframe[0].value
+    assert table["id"].tolist() == [job_id] and table["status"].tolist() == ["queued"]
+    at.number_input(key="job_act_id").set_value(job_id)
+    at.button(key="job_retry").click().run()
+    assert errors(at)  # a queued job is not retried
+    at.button(key="job_cancel").click().run()
+    assert not errors(at), errors(at)
+    assert _jobs() == [(job_id, "selftest", "cancelled")]
+
+
+@pytest.mark.parametrize("user", ["p1", None])
+def test_jobs_page_refused_to_pathologists(world: World, user: str | None) -> None:
+    at = page("jobs", user)
+    assert not at.dataframe and not at.selectbox
+    assert "not available" in errors(at)[0]

@@ -140,10 +140,10 @@ def test_label_export_and_core_detail_keep_text_as_typed(tables_world: World) ->
 @pytest.mark.parametrize(
     ("actor", "allowed"),
     [
-        ("lm", {"curation", "cores"}),
-        ("eng", {"models", "cores"}),
+        ("lm", {"curation", "cores", "jobs"}),
+        ("eng", {"models", "cores", "jobs"}),
         ("p1", set()),
-        ("admin", {"curation", "models", "cores"}),
+        ("admin", {"curation", "models", "cores", "jobs"}),
     ],
 )
 def test_each_read_checks_the_role_itself(
@@ -162,6 +162,7 @@ def test_each_read_checks_the_role_itself(
             lambda: q.compare_models(actor=actor, a="1", b="2"),
         ],
         "cores": [lambda: q.core_detail(actor=actor, core="C001-0", thumbnail=False)],
+        "jobs": [lambda: q.submittable_kinds(actor=actor)],
     }
     for area, calls in reads.items():
         for call in calls:

@@ -2,7 +2,7 @@
 
 Signed out, the only page is the login. Signed in, ``st.navigation`` offers the user's role only
 its pages; each page checks the role again and every use case it calls checks it a third time.
-The review page (pathologists) and the jobs page wait for the review-queue and workers issues.
+The review page (pathologists) waits for the review-queue issue.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import streamlit as st
 
-from her2ops.dashboards import account, agreement, core, curation, login, models
+from her2ops.dashboards import account, agreement, core, curation, jobs, login, models
 from her2ops.dashboards.session import PAGES_KEY, current_user, log_out, may_read
 from her2ops.dashboards.ui import escape_markdown
 
@@ -21,6 +21,7 @@ PAGES: dict[str, tuple[str, str, str | None, Callable[[], None]]] = {
     "curation": ("Curation", ":material/bar_chart:", "curation", curation.render),
     "agreement": ("Agreement", ":material/handshake:", "curation", agreement.render),
     "models": ("Models", ":material/model_training:", "models", models.render),
+    "jobs": ("Jobs", ":material/work_history:", "jobs", jobs.render),
     "core": ("Core", ":material/biotech:", "cores", core.render),
     "account": ("Account", ":material/person:", None, account.render),
 }

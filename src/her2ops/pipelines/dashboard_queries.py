@@ -10,6 +10,8 @@ Who reads what (admins read everything):
 - ``curation``: counts, progress, agreement, adjudication list, failures, split balance, the
   label export: lab managers.
 - ``models``: versions, metrics, comparisons: engineers.
+- ``jobs``: the jobs page (the jobs use cases check each action's own permission): engineers
+  and lab managers.
 - ``cores``: one core in full (its votes, label history, predictions, image): lab managers and
   engineers. Not pathologists: the review queue shows them cores blinded.
 """
@@ -47,6 +49,7 @@ READ_ROLES: dict[str, tuple[str, ...]] = {
     "curation": ("lab_manager",),
     "models": ("engineer",),
     "cores": ("lab_manager", "engineer"),
+    "jobs": ("engineer", "lab_manager"),
 }
 #: Rows of the lists on the first screen (the totals are always complete).
 LIST_LIMIT = 200
@@ -87,6 +90,27 @@ def dashboard_ready() -> dict[str, Any]:
             or 0
         )
     return {"users": users, "users_with_password": with_password}
+
+
+def submittable_kinds(*, actor: str | None) -> list[dict[str, Any]]:
+    """The job kinds the acting user's role may submit, with their parameters (for a form)."""
+    from her2ops.pipelines.job_kinds import available_kinds
+    from her2ops.platform.access import can
+
+    with get_runtime().session() as s:
+        user = _reader(s, actor, "jobs")
+        return [
+            {
+                "kind": spec.name,
+                "required": list(spec.required),
+                "params": [
+                    {"name": name, "help": p.help, "type": p.type_name}
+                    for name, p in spec.params.items()
+                ],
+            }
+            for spec in available_kinds().values()
+            if can(user, spec.permission)
+        ]
 
 
 # --- curation ---------------------------------------------------------------------------------
