@@ -160,6 +160,7 @@ def test_each_read_checks_the_role_itself(
         "models": [
             lambda: q.model_overview(actor=actor),
             lambda: q.compare_models(actor=actor, a="1", b="2"),
+            lambda: q.ensembles(actor=actor),
         ],
         "cores": [lambda: q.core_detail(actor=actor, core="C001-0", thumbnail=False)],
         "jobs": [lambda: q.submittable_kinds(actor=actor)],
@@ -220,3 +221,24 @@ def test_mcnemar_matches_statsmodels(b: int, c: int, n_same: int) -> None:
     if b + c:
         chi = sm_mcnemar([[n_same, b], [c, 0]], exact=False, correction=True)
         assert out["chi2"] == pytest.approx(chi.statistic)
+
+
+def test_ensembles_are_the_succeeded_ensemble_jobs(tables_world: World) -> None:
+    from her2ops.platform.schema import Job, Split
+
+    with session_scope() as s:
+        for status, members in (("succeeded", [1, 2]), ("failed", None)):
+            s.add(
+                Job(
+                    kind="ensemble",
+                    queue="cpu",
+                    status=status,
+                    params={"split": "main", "members": 2, "profile": "test"},
+                    idempotency_key=f"ens-{status}",
+                    result={"members": [{"version": v} for v in members]} if members else None,
+                    max_attempts=1,
+                )
+            )
+        assert s.scalar(select(Split.id).where(Split.name == "main"))
+    out = q.ensembles(actor="eng")
+    assert [(e["split"], e["members"]) for e in out] == [("main", [1, 2])]

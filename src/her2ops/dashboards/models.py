@@ -28,6 +28,15 @@ def render() -> None:
     st.dataframe(pd.DataFrame([_row(v) for v in versions]), hide_index=True)
     # options are version numbers (stable across promotions); the aliases are only their labels
     labels = {int(v["version"]): v for v in versions}
+    groups = load(q.ensembles, actor=actor)
+    if groups:
+        st.caption("ensembles (members are the versions above)")
+        st.dataframe(
+            pd.DataFrame(
+                [{**g, "members": ", ".join(f"v{m}" for m in g["members"])} for g in groups]
+            ),
+            hide_index=True,
+        )
 
     st.subheader("Test evaluation")
     champion = next((i for i, v in enumerate(labels.values()) if "champion" in v["aliases"]), 0)

@@ -548,6 +548,33 @@ def model_overview(*, actor: str | None) -> list[dict[str, Any]]:
     return versions
 
 
+def ensembles(*, actor: str | None) -> list[dict[str, Any]]:
+    """Trained ensembles (succeeded ``ensemble`` jobs): id, split, profile, member versions."""
+    from her2ops.platform.schema import Job
+
+    with get_runtime().session() as s:
+        _reader(s, actor, "models")
+        return [
+            {
+                "ensemble": job.id,
+                "split": (job.params or {}).get("split"),
+                "profile": (job.params or {}).get("profile"),
+                "members": _members(job.result),
+                "finished": job.finished_at.isoformat() if job.finished_at else None,
+            }
+            for job in s.scalars(
+                select(Job)
+                .where(Job.kind == "ensemble", Job.status == "succeeded")
+                .order_by(Job.id.desc())
+            )
+        ]
+
+
+def _members(result: dict[str, Any] | None) -> list[int]:
+    members = (result or {}).get("members") or []
+    return [int(m["version"]) for m in members]
+
+
 def _protocol_of(session: Session, mv: ModelVersion) -> tuple[int, int, int, str] | None:
     """The (N, k, seed, confidence) under which ``mv`` scored the most cores, or None."""
     row = session.execute(
