@@ -4,6 +4,7 @@ from __future__ import annotations
 
 # Importing the command modules registers their commands on ``app``.
 from her2ops.cli import curation as _curation
+from her2ops.cli import dashboard as _dashboard  # noqa: F401
 from her2ops.cli import imaging as _imaging
 from her2ops.cli import jobs as _jobs
 from her2ops.cli import model as _model
