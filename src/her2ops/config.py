@@ -13,12 +13,13 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from her2ops.errors import ConfigError
 
 _DEVICE = re.compile(r"^(cpu|mps|cuda(:\d{1,2})?)$")
+_PLACEHOLDERS = {"", "change-me", "changeme", "change_me", "secret", "password", "xxx", "todo"}
 _MLFLOW_SCHEMES = ("http", "https", "file", "sqlite", "postgresql", "postgresql+psycopg", "mysql")
 
 
@@ -258,6 +259,30 @@ class Settings(BaseSettings):
         default=False, description="Enable the internal 'selftest' job kind (fault tests only)."
     )
 
+    # --- dashboards (Streamlit) and the deployed stack ---
+    dashboard_cookie_secret: SecretStr | None = Field(
+        default=None,
+        description="Secret that signs the dashboard's cookies (Streamlit server.cookieSecret). "
+        "Required, and no placeholder, outside the embedded SQLite default.",
+    )
+
+    @model_validator(mode="after")
+    def _no_placeholder_secret(self) -> Settings:
+        """Outside the embedded default a placeholder secret is refused (a copied .env.example
+        must not go live); the embedded single-user default needs none."""
+        if self.resolved_database_url.startswith("sqlite"):
+            return self
+        secret = self.dashboard_cookie_secret
+        if secret is not None:
+            value = secret.get_secret_value().strip()
+            if value.lower() in _PLACEHOLDERS or len(value) < 16:
+                raise ValueError(
+                    "HER2OPS_DASHBOARD_COOKIE_SECRET is a placeholder or shorter than 16 "
+                    "characters; "
+                    "generate one: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+                )
+        return self
+
     @property
     def resolved_broker_url(self) -> str:
         if self.broker_url:
@@ -268,8 +293,11 @@ class Settings(BaseSettings):
 def _one_line(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
-        field = str(err["loc"][0]) if err["loc"] else "?"
         msg = str(err["msg"]).removeprefix("Value error, ")
+        if not err["loc"]:  # a check across fields names its variables itself
+            parts.append(msg)
+            continue
+        field = str(err["loc"][0])
         value = err.get("input")
         shown = f" (got {value!r})" if isinstance(value, str | int | float) else ""
         parts.append(f"HER2OPS_{field.upper()}: {msg}{shown}")

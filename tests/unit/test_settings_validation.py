@@ -89,3 +89,22 @@ def test_unresponsive_mlflow_server_times_out(monkeypatch: pytest.MonkeyPatch) -
         with pytest.raises(Exception, match=r"(?i)timed? ?out|timeout"):
             mlflow.MlflowClient(settings.resolved_mlflow_uri).search_experiments()
         assert time.monotonic() - started < 15
+
+
+def test_placeholder_cookie_secret_refused_outside_the_embedded_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from her2ops.config import get_settings
+    from her2ops.errors import ConfigError
+
+    monkeypatch.setenv("HER2OPS_DASHBOARD_COOKIE_SECRET", "change-me")
+    get_settings.cache_clear()
+    assert get_settings().dashboard_cookie_secret is not None  # SQLite default: allowed
+    monkeypatch.setenv("HER2OPS_DATABASE_URL", "postgresql+psycopg://u@db.example:5432/her2ops")
+    get_settings.cache_clear()
+    with pytest.raises(ConfigError, match="HER2OPS_DASHBOARD_COOKIE_SECRET is a placeholder"):
+        get_settings()
+    monkeypatch.setenv("HER2OPS_DASHBOARD_COOKIE_SECRET", "k" * 8 + "9fQ2xL7pZ0aB4cD")
+    get_settings.cache_clear()
+    assert get_settings().dashboard_cookie_secret is not None
+    get_settings.cache_clear()

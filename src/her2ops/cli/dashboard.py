@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from her2ops.cli._app import app, call
+from her2ops.config import get_settings
 from her2ops.pipelines.dashboard_queries import dashboard_ready
 
 APP_SCRIPT = Path(__file__).resolve().parent.parent / "dashboards" / "app.py"
@@ -63,6 +64,9 @@ def dashboard_cmd(
         )
     typer.echo(f"her2ops dashboards on http://{host}:{port}", err=True)
     argv = streamlit_argv(port, host)
+    secret = get_settings().dashboard_cookie_secret
+    if secret is not None:  # passed by environment, never on the command line (ps shows argv)
+        os.environ["STREAMLIT_SERVER_COOKIE_SECRET"] = secret.get_secret_value()
     sys.stdout.flush()
     sys.stderr.flush()
     # Replace this process, so that stopping it (Ctrl-C, SIGTERM to its pid) stops the server.
