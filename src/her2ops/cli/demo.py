@@ -28,16 +28,25 @@ def banner(title: str) -> None:
     print(f"\n=== {title} " + "=" * max(0, 70 - len(title)), flush=True)
 
 
-def her2ops(*args: object, user: str | None = None) -> None:
-    """Run one CLI command in-process, echoing it like a shell would."""
+def her2ops(*args: object, user: str | None = None, stdin: str | None = None) -> None:
+    """Run one CLI command in-process, echoing it like a shell would (``stdin``: what is piped
+    into it, shown as ``echo ... |``)."""
+    import io
+
     from her2ops.cli import app
 
     argv = (["--as", user] if user else []) + [str(a) for a in args]
-    print(f"$ her2ops {shlex.join(argv)}", flush=True)
+    piped = f"echo {shlex.quote(stdin)} | " if stdin is not None else ""
+    print(f"$ {piped}her2ops {shlex.join(argv)}", flush=True)
+    saved = sys.stdin
+    if stdin is not None:
+        sys.stdin = io.StringIO(stdin + "\n")
     try:
         code = app(argv, standalone_mode=False)
     except typer.Exit as exc:
         code = exc.exit_code
+    finally:
+        sys.stdin = saved
     if code:
         raise SystemExit(f"demo step failed: her2ops {shlex.join(argv)}")
     sys.stdout.flush()
@@ -86,13 +95,16 @@ def main() -> None:
     )
 
     banner("2. Users and roles (the first user bootstraps; then only an admin adds users)")
-    her2ops("users", "add", "admin", "--role", "admin")
+    # Demo passwords (for the dashboards' login); a real lab types them at a prompt.
+    her2ops("users", "add", "admin", "--role", "admin", "--password-stdin", stdin=_pw("admin"))
     for name, role in (
         [("lab", "lab_manager"), ("eng", "engineer")]
         + [(f"path{i}", "pathologist") for i in range(1, 6)]
         + [("adjudicator", "pathologist")]
     ):
-        her2ops("users", "add", name, "--role", role, user="admin")
+        her2ops(
+            "users", "add", name, "--role", role, "--password-stdin", user="admin", stdin=_pw(name)
+        )
 
     banner("3. Ingest into the pyramidal image store, import votes (re-running changes nothing)")
     her2ops("ingest", SYN / "manifest.csv", user="lab")
@@ -184,7 +196,19 @@ def main() -> None:
         f"  MLflow store:   {get_settings().resolved_mlflow_uri} "
         f"(browse: mlflow ui --backend-store-uri {get_settings().resolved_mlflow_uri})"
     )
+    print()
+    print("Dashboards on this data (Streamlit; log in with a demo user):")
+    print(f"  HER2OPS_DATA_DIR={ROOT} her2ops dashboard --port 8501   -> http://127.0.0.1:8501")
+    print(
+        f"  lab manager: lab / {_pw('lab')}   engineer: eng / {_pw('eng')}   "
+        f"pathologist: path1 / {_pw('path1')}   admin: admin / {_pw('admin')}"
+    )
     print(f"demo took {time.perf_counter() - started:.0f} s")
+
+
+def _pw(user: str) -> str:
+    """The demo's password of ``user`` (synthetic data only; never a real lab's practice)."""
+    return f"demo-{user}-pass"
 
 
 def _compare_dearray(truth_csv: Path, manifest_csv: Path) -> None:
