@@ -29,6 +29,18 @@ def synth(
             "--tma-slide", help="Also write tma/TMA-demo.png, a TMA slide for 'her2ops dearray'."
         ),
     ] = False,
+    ambiguity: Annotated[
+        float,
+        typer.Option(
+            help="Share of cores made ambiguous (borderline or heterogeneous).", min=0, max=1
+        ),
+    ] = 0.0,
+    label_errors: Annotated[
+        float,
+        typer.Option(
+            help="Share of labelled cores given a wrong (adjacent) consensus.", min=0, max=1
+        ),
+    ] = 0.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
     """Write synthetic HER2 IHC cores with simulated pathologist votes.
@@ -47,6 +59,8 @@ def synth(
             seed=seed,
             contact_sheet=contact_sheet,
             tma_slide=tma_slide,
+            ambiguity=ambiguity,
+            label_errors=label_errors,
             progress=bar,
         )
     if as_json:
@@ -67,6 +81,11 @@ def synth(
         f"votes: pairwise agreement {summary.pairwise_agreement:.0%}; consensus agreed "
         f"{c['agreed']}, adjudicated {c['adjudicated']}, excluded {c['excluded']}"
     )
+    if summary.ambiguous or summary.label_errors:
+        typer.echo(
+            f"ambiguous cores: {summary.ambiguous}; injected consensus errors: "
+            f"{summary.label_errors} (truth.csv)"
+        )
     typer.echo(f"manifest: {summary.manifest}")
 
 

@@ -145,9 +145,12 @@ def synthesize(
     seed: int,
     contact_sheet: bool = False,
     tma_slide: bool = False,
+    ambiguity: float = 0.0,
+    label_errors: float = 0.0,
     progress: Progress = no_progress,
 ) -> Any:
-    """Write a synthetic data set (cores, manifest, votes, truth); its summary."""
+    """Write a synthetic data set (cores, manifest, votes, truth); its summary. ``ambiguity``
+    and ``label_errors`` are shares in [0, 1] (ambiguous cores, wrong consensus labels)."""
     from her2ops.pipelines.bounds import check_synth
     from her2ops.synthetic.dataset import generate_dataset
 
@@ -165,8 +168,12 @@ def synthesize(
             seed=seed,
             contact_sheet=contact_sheet,
             tma_slide=tma_slide,
+            ambiguity=ambiguity,
+            label_errors=label_errors,
             progress=progress,
         )
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
     except OSError as exc:
         raise InvalidRequest(f"cannot write the data set to {out}: {exc}") from None
 

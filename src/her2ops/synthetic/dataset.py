@@ -13,6 +13,14 @@
 - ``truth.csv``: the class each core was drawn from and what was rendered (artefact, tissue
   fraction, mean membrane DAB optical density measured on the image, ...), plus the consensus
   the votes lead to;
+- with ``ambiguity`` > 0, that share of the (non-artefact) cores is ambiguous, recorded in
+  ``truth.csv`` (``ambiguity``, ``ambiguous_with``): *borderline* cores have their DAB scaled to
+  the boundary between their class and an adjacent one; *heterogeneous* cores hold 40-49 %
+  tumour of an adjacent class. Both raise the pathologists' disagreement
+  (:func:`her2ops.synthetic.votes.simulate_core_votes`) and the model's uncertainty;
+- with ``label_errors`` > 0, that share of the labelled cores gets a consensus of an adjacent
+  wrong class (three of five pathologists misread it; ``label_error`` = 1 in ``truth.csv``,
+  ``consensus_score`` is the wrong label, ``true_score`` the class drawn);
 - optionally ``contact_sheet.png`` (a few cores per class, labelled) and ``tma/TMA-demo.png``,
   a synthetic TMA slide of some of the cores with ``tma/truth.csv`` (for ``her2ops dearray``).
 
@@ -38,7 +46,13 @@ from her2ops.imaging.stains import dab_od, membrane_dab_od
 from her2ops.progress import Progress, no_progress, track
 from her2ops.scores import SCORE_LABELS
 from her2ops.synthetic.render import ARTEFACTS, CLASS_PATTERNS, synth_core
-from her2ops.synthetic.votes import pairwise_agreement, simulate_votes, status_counts
+from her2ops.synthetic.votes import (
+    CoreVotes,
+    inject_label_error,
+    pairwise_agreement,
+    simulate_votes,
+    status_counts,
+)
 
 __all__ = [
     "ARTEFACTS",
@@ -71,7 +85,14 @@ TRUTH_COLUMNS = (
     "heterogeneous_class",
     "consensus_status",
     "consensus_score",
+    "ambiguity",
+    "ambiguous_with",
+    "label_error",
 )
+AMBIGUITY_KINDS: tuple[str, ...] = ("borderline", "heterogeneous")
+#: mid-range membrane DAB intensity of each class (``CLASS_PATTERNS``); a borderline core's DAB
+#: is scaled to the geometric mean of its class's and the neighbour's
+_MID_INTENSITY = {c: sum(p.intensity) / 2 for c, p in CLASS_PATTERNS.items()}
 SHEET_PER_CLASS = 5
 SHEET_THUMB = 160
 TMA_DEMO_SIDE = 240
@@ -96,6 +117,8 @@ class SynthSummary:
     seconds: float
     contact_sheet: Path | None = None
     tma_slide: Path | None = None
+    ambiguous: int = 0
+    label_errors: int = 0
 
     @property
     def seconds_per_core(self) -> float:
@@ -165,6 +188,27 @@ def plan_dataset(*, patients: int, cores: int, rng: np.random.Generator) -> list
     return plans
 
 
+def _inject_errors(
+    plans: list[_Plan], results: list[CoreVotes], rate: float, rng: np.random.Generator
+) -> list[bool]:
+    """Turn ``rate`` of the labelled, non-artefact cores' consensus into an adjacent wrong
+    class (in place in ``results``); returns which cores were changed."""
+    changed = [False] * len(plans)
+    if rate <= 0:
+        return changed
+    eligible = [
+        i
+        for i, (p, r) in enumerate(zip(plans, results, strict=True))
+        if p.artefact is None and r.resolution.has_label
+    ]
+    n = round(rate * len(eligible))
+    for i in sorted(rng.choice(eligible, size=n, replace=False).tolist()) if n else []:
+        wrong = _adjacent(plans[i].score, rng)
+        results[i] = inject_label_error(results[i], wrong, rng)
+        changed[i] = True
+    return changed
+
+
 def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
     with path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
@@ -223,6 +267,27 @@ def _tma_demo(images: list[NDArray[np.uint8]], out: Path, rng: np.random.Generat
     return path
 
 
+@dataclass(frozen=True)
+class _Ambiguity:
+    kind: str  # "" (clear), "borderline" or "heterogeneous"
+    neighbour: int | None
+    strength: float  # how far toward the neighbour the pathologists read it (0-1)
+
+
+def plan_ambiguity(plans: list[_Plan], rate: float, rng: np.random.Generator) -> list[_Ambiguity]:
+    """Which non-artefact cores are ambiguous, how, and with which adjacent class."""
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"ambiguity must be between 0 and 1, got {rate}")
+    out = []
+    for plan in plans:
+        if plan.artefact is None and rate > 0 and rng.random() < rate:
+            kind = AMBIGUITY_KINDS[int(rng.integers(len(AMBIGUITY_KINDS)))]
+            out.append(_Ambiguity(kind, _adjacent(plan.score, rng), float(rng.uniform(0.5, 1.0))))
+        else:
+            out.append(_Ambiguity("", None, 0.0))
+    return out
+
+
 def generate_dataset(
     out: Path,
     *,
@@ -232,15 +297,28 @@ def generate_dataset(
     seed: int,
     contact_sheet: bool = False,
     tma_slide: bool = False,
+    ambiguity: float = 0.0,
+    label_errors: float = 0.0,
     progress: Progress = no_progress,
 ) -> SynthSummary:
-    """Write a synthetic data set of ``cores`` cores from ``patients`` patients (see module doc)."""
+    """Write a synthetic data set of ``cores`` cores from ``patients`` patients (see module doc).
+
+    ``ambiguity``: share of cores made ambiguous; ``label_errors``: share of labelled cores
+    given a wrong (adjacent-class) consensus. Both 0 give the data set of earlier versions."""
+    if not 0.0 <= label_errors <= 1.0:
+        raise ValueError(f"label_errors must be between 0 and 1, got {label_errors}")
 
     start = time.perf_counter()
     out = Path(out)
     root = np.random.SeedSequence(seed)
     plan_seq, vote_seq, tma_seq, core_seq = root.spawn(4)
     plans = plan_dataset(patients=patients, cores=cores, rng=np.random.default_rng(plan_seq))
+    # spawned after the first four, so data sets without ambiguity or errors stay as they were
+    (amb_seq,) = root.spawn(1)
+    amb_rng = np.random.default_rng(amb_seq)
+    amb_of = dict(
+        zip((p.core for p in plans), plan_ambiguity(plans, ambiguity, amb_rng), strict=True)
+    )
     (out / "cores").mkdir(parents=True, exist_ok=True)
 
     manifest_rows, truth_rows = [], []
@@ -249,13 +327,24 @@ def generate_dataset(
     for plan, seq in track(
         list(zip(plans, core_seq.spawn(len(plans)), strict=True)), progress, "synthesizing cores"
     ):
+        amb = amb_of[plan.core]
+        h_scale, dab_scale = SITE_STAIN[plan.site]
+        if amb.kind == "borderline" and amb.neighbour is not None:
+            mid = _MID_INTENSITY[plan.score]
+            dab_scale *= float(np.sqrt(mid * _MID_INTENSITY[amb.neighbour]) / mid)
         img, truth = synth_core(
             plan.score,
             size=size,
             rng=np.random.default_rng(seq),
             artefact=plan.artefact,
-            stain_scale=SITE_STAIN[plan.site],
+            stain_scale=(h_scale, dab_scale),
+            heterogeneity=float(amb_rng.uniform(0.4, 0.49))
+            if amb.kind == "heterogeneous"
+            else None,
         )
+        if amb.kind == "heterogeneous" and truth["heterogeneous_class"] is not None:
+            amb = _Ambiguity(amb.kind, int(truth["heterogeneous_class"]), amb.strength)
+            amb_of[plan.core] = amb
         image = f"cores/{plan.core}.png"
         Image.fromarray(img).save(out / image, compress_level=3)
         manifest_rows.append(
@@ -290,17 +379,25 @@ def generate_dataset(
         if tma_slide and len(demo_images) < 24:
             demo_images.append(np.asarray(_thumb(img, min(size, TMA_DEMO_SIDE))))
 
+    ambig = [amb_of[p.core] for p in plans]
     results = simulate_votes(
         [p.core for p in plans],
         [p.score for p in plans],
         [p.artefact for p in plans],
         np.random.default_rng(vote_seq),
+        ambiguous_with=[a.neighbour for a in ambig],
+        ambiguity=[a.strength for a in ambig],
     )
+    errors = _inject_errors(plans, results, label_errors, amb_rng)
     vote_rows = [asdict(v) for r in results for v in r.votes]
     for row, res in zip(truth_rows, results, strict=True):
         row["consensus_status"] = res.resolution.status.value
         score = res.resolution.score
         row["consensus_score"] = "" if score is None else SCORE_LABELS[int(score)]
+    for row, amb, err in zip(truth_rows, ambig, errors, strict=True):
+        row["ambiguity"] = amb.kind
+        row["ambiguous_with"] = "" if amb.neighbour is None else SCORE_LABELS[amb.neighbour]
+        row["label_error"] = 1 if err else ""
 
     manifest = out / "manifest.csv"
     _write_csv(manifest, MANIFEST_COLUMNS, manifest_rows)
@@ -330,4 +427,6 @@ def generate_dataset(
         seconds=round(time.perf_counter() - start, 3),
         contact_sheet=sheet,
         tma_slide=tma,
+        ambiguous=sum(1 for a in ambig if a.kind),
+        label_errors=sum(errors),
     )

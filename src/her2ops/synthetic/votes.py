@@ -131,15 +131,31 @@ def _to_protocol(rows: Sequence[VoteRow]) -> list[Vote]:
 
 
 def simulate_core_votes(
-    core: str, true_score: int, artefact: str | None, rng: np.random.Generator
+    core: str,
+    true_score: int,
+    artefact: str | None,
+    rng: np.random.Generator,
+    *,
+    ambiguous_with: int | None = None,
+    ambiguity: float = 0.0,
 ) -> CoreVotes:
-    """Initial votes of the five pathologists on one core, plus adjudication when needed."""
+    """Initial votes of the five pathologists on one core, plus adjudication when needed.
+
+    An ambiguous core (``ambiguous_with`` an adjacent class, ``ambiguity`` in [0, 1]) is read
+    as that class with weight ``ambiguity / 2``: each pathologist's confusion row is the mix
+    ``(1 - a/2) C[true] + a/2 C[ambiguous_with]``, so ``ambiguity`` 1 is a coin toss. The random
+    draws are the same as for a clear core, so an unambiguous data set is unchanged.
+    """
     rows: list[VoteRow] = []
+    mix = 0.5 * float(np.clip(ambiguity, 0.0, 1.0)) if ambiguous_with is not None else 0.0
     for name in PATHOLOGISTS:
         if artefact is not None and rng.random() < ARTEFACT_ND_RATE[name]:
             rows.append(VoteRow(core, name, ND, Round.INITIAL.value, _ARTEFACT_COMMENT[artefact]))
             continue
-        cat = int(rng.choice(len(VOTE_LABELS), p=PATHOLOGIST_CONFUSION[name][true_score]))
+        row = PATHOLOGIST_CONFUSION[name][true_score]
+        if mix > 0 and ambiguous_with is not None:
+            row = (1.0 - mix) * row + mix * PATHOLOGIST_CONFUSION[name][ambiguous_with]
+        cat = int(rng.choice(len(VOTE_LABELS), p=row))
         rows.append(VoteRow(core, name, VOTE_LABELS[cat], Round.INITIAL.value))
     resolution = resolve_votes(_to_protocol(rows))
     if resolution.status is LabelStatus.NEEDS_ADJUDICATION:
@@ -162,14 +178,35 @@ def simulate_votes(
     true_scores: Sequence[int],
     artefacts: Sequence[str | None],
     rng: np.random.Generator,
+    *,
+    ambiguous_with: Sequence[int | None] | None = None,
+    ambiguity: Sequence[float] | None = None,
 ) -> list[CoreVotes]:
     """Votes on many cores (see :func:`simulate_core_votes`), in the order given."""
     if not len(cores) == len(true_scores) == len(artefacts):
         raise ValueError("cores, true_scores and artefacts must have the same length")
+    amb_with = list(ambiguous_with) if ambiguous_with is not None else [None] * len(cores)
+    amb = list(ambiguity) if ambiguity is not None else [0.0] * len(cores)
     return [
-        simulate_core_votes(c, int(t), a, rng)
-        for c, t, a in zip(cores, true_scores, artefacts, strict=True)
+        simulate_core_votes(c, int(t), a, rng, ambiguous_with=w, ambiguity=x)
+        for c, t, a, w, x in zip(cores, true_scores, artefacts, amb_with, amb, strict=True)
     ]
+
+
+def inject_label_error(votes: CoreVotes, wrong: int, rng: np.random.Generator) -> CoreVotes:
+    """The panel misreads a core: three of the five pathologists' initial votes become
+    ``wrong`` and any adjudication is dropped, so the protocol agrees on ``wrong``."""
+    turned = set(rng.choice(len(PATHOLOGISTS), size=3, replace=False).tolist())
+    names = {PATHOLOGISTS[i] for i in turned}
+    rows = []
+    for v in votes.votes:
+        if v.round != Round.INITIAL.value:
+            continue
+        if v.pathologist in names:
+            v = VoteRow(v.core, v.pathologist, SCORE_LABELS[wrong], v.round)
+        rows.append(v)
+    resolution = resolve_votes(_to_protocol(rows))
+    return CoreVotes(votes.core, tuple(rows), resolution)
 
 
 def status_counts(results: Sequence[CoreVotes]) -> dict[str, int]:
