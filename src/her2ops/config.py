@@ -97,6 +97,11 @@ class Settings(BaseSettings):
     mlflow_max_retries: int = Field(
         default=2, ge=0, le=10, description="Retries of a failed MLflow HTTP request."
     )
+    review_lease_s: int = Field(
+        default=900,
+        ge=1,
+        description="Seconds a review claim lasts before it returns to the queue.",
+    )
 
     @field_validator("database_url")
     @classmethod

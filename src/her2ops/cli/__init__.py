@@ -9,6 +9,7 @@ from her2ops.cli import imaging as _imaging
 from her2ops.cli import jobs as _jobs
 from her2ops.cli import model as _model
 from her2ops.cli import pipeline as _pipeline
+from her2ops.cli import review as _review  # noqa: F401  (registers 'her2ops review')
 from her2ops.cli import synth as _synth
 from her2ops.cli._app import app
 

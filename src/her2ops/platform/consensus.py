@@ -19,7 +19,7 @@ plus a new ``needs_adjudication`` label version.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -177,6 +177,19 @@ def apply_consensus(
     core_q = select(Core.id, Core.code, Core.votes_version)
     if not all_cores:
         core_q = core_q.where(Core.needs_consensus.is_(True))
+    return _resolve(session, actor_user, core_q, policy, override)
+
+
+def resolve_cores(session: Session, *, actor: User, core_ids: Collection[int]) -> ConsensusReport:
+    """Resolve exactly ``core_ids`` with the lab's policy, as a consequence of a vote the caller
+    has already authorised (the review queue's submit, in the vote's transaction)."""
+    core_q = select(Core.id, Core.code, Core.votes_version).where(Core.id.in_(sorted(core_ids)))
+    return _resolve(session, actor, core_q, lab_policy(), False)
+
+
+def _resolve(
+    session: Session, actor_user: User, core_q: Any, policy: Policy, override: bool
+) -> ConsensusReport:
     seen_version: dict[int, int] = {}
     cores: dict[int, str] = {}
     for cid, code, version in session.execute(core_q):

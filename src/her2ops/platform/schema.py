@@ -355,4 +355,68 @@ class EnsemblePrediction(Base):
     final_score: Mapped[int] = mapped_column(Integer)
     probs: Mapped[list[float]] = mapped_column(JSON)
     member_finals: Mapped[list[int]] = mapped_column(JSON)
+
+
+# --- review queue (active learning) --------------------------------------------------------------
+
+REVIEW_STATUSES = ("open", "claimed", "done", "skipped", "expired")
+#: Statuses of an item still in the queue; at most one such item per core (a partial unique
+#: index). ``skipped`` and ``expired`` items are claimable again (not by whoever skipped).
+REVIEW_ACTIVE_STATUSES = ("open", "claimed", "expired", "skipped")
+REVIEW_MODES = ("blinded", "adjudication")
+
+
+class ReviewItem(Base):
+    """One core queued for review in one review round (``round`` counts 1, 2, ... per core).
+
+    ``reasons`` are the flags that raised it (``[{"flag", "score", "reason"}]``) and
+    ``model_version_ids`` the model versions whose predictions did; ``prediction_id`` is the
+    primary model's prediction (its KCS sets are what drove the decision). A claim sets
+    ``claimed_by_id``, ``lease_expires_at`` and increments ``fencing_token``; a vote is accepted
+    only with the current token. ``votes_needed`` review votes (from different pathologists)
+    finish the item.
+    """
+
+    __tablename__ = "review_items"
+    __table_args__ = (
+        CheckConstraint(f"status IN {_in(REVIEW_STATUSES)}", name="status"),
+        CheckConstraint(f"mode IN {_in(REVIEW_MODES)}", name="mode"),
+        CheckConstraint("votes_needed >= 1", name="votes_needed"),
+        UniqueConstraint("core_id", "round"),
+        Index(
+            "ix_review_items_one_active_per_core",
+            "core_id",
+            unique=True,
+            sqlite_where=text(f"status IN {_in(REVIEW_ACTIVE_STATUSES)}"),
+            postgresql_where=text(f"status IN {_in(REVIEW_ACTIVE_STATUSES)}"),
+        ),
+        Index("ix_review_items_queue", "status", "priority"),
+    )
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    core_id: Mapped[int] = mapped_column(ForeignKey("cores.id"))
+    round: Mapped[int] = mapped_column(Integer, default=1)
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    mode: Mapped[str] = mapped_column(String(16), default="blinded")
+    source: Mapped[str] = mapped_column(String(16), default="flags")
+    priority: Mapped[float] = mapped_column(Float, default=0.0)
+    reasons: Mapped[list[dict[str, object]]] = mapped_column(JSON, default=list)
+    model_version_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
+    prediction_id: Mapped[int | None] = mapped_column(ForeignKey("predictions.id"))
+    votes_needed: Mapped[int] = mapped_column(Integer, default=1)
+    votes_done: Mapped[int] = mapped_column(Integer, default=0)
+    claimed_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
+    claimed_at: Mapped[datetime | None] = mapped_column()
+    lease_expires_at: Mapped[datetime | None] = mapped_column()
+    fencing_token: Mapped[int] = mapped_column(Integer, default=0)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    done_at: Mapped[datetime | None] = mapped_column()
+
+
+class ReviewSkip(Base):
+    """A pathologist skipped an item: it is not offered to them again."""
+
+    __tablename__ = "review_skips"
+    item_id: Mapped[int] = mapped_column(ForeignKey("review_items.id"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
