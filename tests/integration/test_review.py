@@ -65,9 +65,9 @@ def test_add_by_hand(db_url: str) -> None:
     again = P.add_items(actor="lm", cores=["K1-1"], reason="again")
     assert again["added"] == 0 and again["already_queued_cores"] == ["K1-1"]
     before = _counts()
-    with pytest.raises(NotFound, match="unknown core.*NOPE"):
+    with pytest.raises(NotFound, match=r"unknown core.*NOPE"):
         P.add_items(actor="lm", cores=["K0-0", "NOPE"], reason="x")
-    with pytest.raises(Conflict, match="excluded.*K3-1"):
+    with pytest.raises(Conflict, match=r"excluded.*K3-1"):
         P.add_items(actor="lm", cores=["K0-0", "K3-1"], reason="x")
     with pytest.raises(PermissionDenied):
         P.add_items(actor="p1", cores=["K0-0"], reason="x")
@@ -184,7 +184,7 @@ def test_lapsed_lease_late_submit_is_refused(db_url: str) -> None:
         got = R.claim_next(s, user_id=p2, lease_s=60, now=utcnow() + timedelta(hours=1))
     assert got == (a["item"], 2)
     before = _counts()
-    with pytest.raises(Conflict, match="not claimed by p1.*claimed by p2") as info:
+    with pytest.raises(Conflict, match=r"not claimed by p1.*claimed by p2") as info:
         P.submit(actor="p1", item=a["item"], score="3+", token=a["claim"]["token"])
     assert "\n" not in str(info.value)
     assert _counts() == before
