@@ -364,6 +364,8 @@ REVIEW_STATUSES = ("open", "claimed", "done", "skipped", "expired")
 #: index). ``skipped`` and ``expired`` items are claimable again (not by whoever skipped).
 REVIEW_ACTIVE_STATUSES = ("open", "claimed", "expired", "skipped")
 REVIEW_MODES = ("blinded", "adjudication")
+#: Statuses a claim takes an item from (a lapsed claim is first marked ``expired``).
+REVIEW_CLAIMABLE_STATUSES = ("open", "expired", "skipped")
 
 
 class ReviewItem(Base):
@@ -390,7 +392,20 @@ class ReviewItem(Base):
             sqlite_where=text(f"status IN {_in(REVIEW_ACTIVE_STATUSES)}"),
             postgresql_where=text(f"status IN {_in(REVIEW_ACTIVE_STATUSES)}"),
         ),
-        Index("ix_review_items_queue", "status", "priority"),
+        # claims walk this index backwards (priority, then newest) and stop at the first match
+        Index(
+            "ix_review_items_claimable",
+            "priority",
+            "id",
+            sqlite_where=text(f"status IN {_in(REVIEW_CLAIMABLE_STATUSES)}"),
+            postgresql_where=text(f"status IN {_in(REVIEW_CLAIMABLE_STATUSES)}"),
+        ),
+        Index(
+            "ix_review_items_leases",
+            "lease_expires_at",
+            sqlite_where=text("status = 'claimed'"),
+            postgresql_where=text("status = 'claimed'"),
+        ),
     )
     id: Mapped[int] = mapped_column(IdType, primary_key=True)
     core_id: Mapped[int] = mapped_column(ForeignKey("cores.id"))

@@ -2,7 +2,7 @@
 
 Revision ID: 0006
 Revises: 0003 (the lead re-chains it after the other branches land)
-Create Date: 2026-11-27 19:03:49.385696
+Create Date: 2026-11-27 19:13:04.412945
 """
 
 from __future__ import annotations
@@ -71,7 +71,21 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("review_items", schema=None) as batch_op:
         batch_op.create_index(
+            "ix_review_items_claimable",
+            ["priority", "id"],
+            unique=False,
+            sqlite_where=sa.text("status IN ('open', 'expired', 'skipped')"),
+            postgresql_where=sa.text("status IN ('open', 'expired', 'skipped')"),
+        )
+        batch_op.create_index(
             batch_op.f("ix_review_items_claimed_by_id"), ["claimed_by_id"], unique=False
+        )
+        batch_op.create_index(
+            "ix_review_items_leases",
+            ["lease_expires_at"],
+            unique=False,
+            sqlite_where=sa.text("status = 'claimed'"),
+            postgresql_where=sa.text("status = 'claimed'"),
         )
         batch_op.create_index(
             "ix_review_items_one_active_per_core",
@@ -80,7 +94,6 @@ def upgrade() -> None:
             sqlite_where=sa.text("status IN ('open', 'claimed', 'expired', 'skipped')"),
             postgresql_where=sa.text("status IN ('open', 'claimed', 'expired', 'skipped')"),
         )
-        batch_op.create_index("ix_review_items_queue", ["status", "priority"], unique=False)
 
     op.create_table(
         "review_skips",
@@ -100,12 +113,21 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("review_skips")
     with op.batch_alter_table("review_items", schema=None) as batch_op:
-        batch_op.drop_index("ix_review_items_queue")
         batch_op.drop_index(
             "ix_review_items_one_active_per_core",
             sqlite_where=sa.text("status IN ('open', 'claimed', 'expired', 'skipped')"),
             postgresql_where=sa.text("status IN ('open', 'claimed', 'expired', 'skipped')"),
         )
+        batch_op.drop_index(
+            "ix_review_items_leases",
+            sqlite_where=sa.text("status = 'claimed'"),
+            postgresql_where=sa.text("status = 'claimed'"),
+        )
         batch_op.drop_index(batch_op.f("ix_review_items_claimed_by_id"))
+        batch_op.drop_index(
+            "ix_review_items_claimable",
+            sqlite_where=sa.text("status IN ('open', 'expired', 'skipped')"),
+            postgresql_where=sa.text("status IN ('open', 'expired', 'skipped')"),
+        )
 
     op.drop_table("review_items")
