@@ -147,24 +147,27 @@ def decide(set_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[Any]]:
 
 def uncertainty(set_probs: np.ndarray, other: np.ndarray | None) -> dict[str, np.ndarray]:
     """Per-core flag scores from one model's set outputs (and a second model for committee)."""
-    final, kcs, ds = decide(set_probs)
+    _, kcs, ds = decide(set_probs)
     out = {
         "kcs_disagreement": np.array(
-            [F.kcs_disagreement(p, d.kcs_indices, d.final).score for p, d in zip(set_probs, ds)]
+            [
+                F.kcs_disagreement(p, d.kcs_indices, d.final).score
+                for p, d in zip(set_probs, ds, strict=True)
+            ]
         ),
         "low_confidence": np.array(
             [
                 F.low_confidence(
                     d.kcs_mean_probs, d.final, set_probs=p, kcs_indices=d.kcs_indices
                 ).score
-                for p, d in zip(set_probs, ds)
+                for p, d in zip(set_probs, ds, strict=True)
             ]
         ),
     }
     if other is not None:
         _, kcs2, _ = decide(other)
         out["committee_disagreement"] = np.array(
-            [F.committee_disagreement([a, b]).score for a, b in zip(kcs, kcs2)]
+            [F.committee_disagreement([a, b]).score for a, b in zip(kcs, kcs2, strict=True)]
         )
     return out
 
@@ -218,7 +221,7 @@ def detection(bank: Bank, args: argparse.Namespace) -> dict[str, Any]:
             row[f"x_random@{b:.0%}"] = (found / n) / max(error.mean(), 1e-9)
         rows.append(row)
     return {
-        "labelled": int(len(pool)),
+        "labelled": len(pool),
         "errors": int(error.sum()),
         "injected": int(bank.injected[pool].sum()),
         "oos_accuracy": float((mean.argmax(1) == bank.truth[pool]).mean()),
@@ -407,9 +410,8 @@ def main() -> int:
         f"\n2. learning curves ({args.seeds} seeds; full-data accuracy "
         f"{curves['full_data_accuracy']:.3f})"
     )
-    print(
-        f"{'strategy':<18}{'AUC acc':>9}{'vs rand':>9}{'labels->95%':>13}{'vs rand':>9}  acc by round"
-    )
+    head = f"{'strategy':<18}{'AUC acc':>9}{'vs rand':>9}{'labels->95%':>13}{'vs rand':>9}"
+    print(head + "  accuracy by round")
     for c in curves["curves"]:
         need = c["labels_to_95pct_full"]
         print(
