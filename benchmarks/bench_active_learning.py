@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -297,7 +298,7 @@ def learning_curves(bank: Bank, args: argparse.Namespace) -> dict[str, Any]:
                 ]
                 curve.append((len(labelled), *evaluate(nets[0], bank, test)))
             curves[strategy].append(curve)
-        print(f"  seed {seed + 1}/{args.seeds} done", flush=True)
+        print(f"  learning curves: seed {seed + 1}/{args.seeds} done", file=sys.stderr, flush=True)
     full_acc = float(np.mean([a for a, _ in full]))
     summary = []
     rand_auc = rand_need = None
@@ -373,7 +374,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         bank = make_bank(Path(tmp), args)
     t_data = time.perf_counter() - t0
+    print(f"  data and set bank: {t_data:.0f} s", file=sys.stderr, flush=True)
     det = detection(bank, args)
+    print("  detection done", file=sys.stderr, flush=True)
     t_det = time.perf_counter() - t0 - t_data
     curves = learning_curves(bank, args)
     png = plot(curves, args.png)
