@@ -18,7 +18,7 @@ The model is the ``test`` profile's tiny DenseNet on pyramid sampling sets drawn
 store (a bank of sets per core is drawn once); training is a fixed number of AdamW steps. Runs in
 a few minutes on 2 CPU cores. Usage:
     python benchmarks/bench_active_learning.py [--patients 120] [--cores 240] [--seeds 3]
-        [--rounds 4] [--batch 24] [--steps 60] [--png active_learning.png] [--json]
+        [--rounds 4] [--batch 24] [--steps 100] [--png active_learning.png] [--json]
 """
 
 from __future__ import annotations
@@ -60,7 +60,20 @@ DETECTORS = (
     "label_suspect (rule)",
     "cleanlab",
     "priority",
+    "priority (cleanlab)",
+    "priority w=1/.6/.4/.3",
+    "priority w=1/0/0/0",
 )
+#: other weightings (label_suspect / committee / kcs / low confidence) the default is chosen from
+WEIGHT_CANDIDATES: dict[str, dict[str, float]] = {
+    "priority w=1/.6/.4/.3": {
+        "label_suspect": 1.0,
+        "committee_disagreement": 0.6,
+        "kcs_disagreement": 0.4,
+        "low_confidence": 0.3,
+    },
+    "priority w=1/0/0/0": {"label_suspect": 1.0},
+}
 STRATEGIES = ("random", "low_confidence", "kcs_disagreement", "committee", "combined")
 BANK_SETS = 8  # sets drawn per core: training draws from them, scoring uses the first N
 
@@ -199,14 +212,15 @@ def detection(bank: Bank, args: argparse.Namespace) -> dict[str, Any]:
     mean = (kcs_a + kcs_b) / 2
     scores["label_suspect (rule)"] = F.confident_and_different(mean, y)
     scores["cleanlab"] = F.cleanlab_suspects(mean, y)
-    scores["priority"] = F.priorities(
-        {
-            "kcs_disagreement": scores["kcs_disagreement"],
-            "low_confidence": scores["low_confidence"],
-            "committee_disagreement": scores["committee_disagreement"],
-            "label_suspect": scores["label_suspect (rule)"],
-        }
-    )
+    flags = {
+        "kcs_disagreement": scores["kcs_disagreement"],
+        "low_confidence": scores["low_confidence"],
+        "committee_disagreement": scores["committee_disagreement"],
+    }
+    scores["priority"] = F.priorities({**flags, "label_suspect": scores["label_suspect (rule)"]})
+    scores["priority (cleanlab)"] = F.priorities({**flags, "label_suspect": scores["cleanlab"]})
+    for name, w in WEIGHT_CANDIDATES.items():
+        scores[name] = F.priorities({**flags, "label_suspect": scores["label_suspect (rule)"]}, w)
     rng = np.random.default_rng(0)
     rows = []
     for name in DETECTORS:
@@ -360,7 +374,7 @@ def main() -> int:
     ap.add_argument("--label-errors", type=float, default=0.15)
     ap.add_argument("--data-seed", type=int, default=7)
     ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=60, help="AdamW steps per training (batch 16)")
+    ap.add_argument("--steps", type=int, default=100, help="AdamW steps per training (batch 16)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--seed-set", type=int, default=24)
     ap.add_argument("--rounds", type=int, default=4)
@@ -397,6 +411,7 @@ def main() -> int:
     )
     head = "".join(f"{'P@' + f'{b:.0%}':>8}{'R@' + f'{b:.0%}':>8}{'xrand':>7}" for b in BUDGETS)
     print(f"{'method':<24}{head}")
+    print(f"(priority: default weights {F.DEFAULT_WEIGHTS})")
     for r in det["rows"]:
         cells = "".join(
             f"{r[f'precision@{b:.0%}']:>8.2f}{r[f'recall@{b:.0%}']:>8.2f}"
