@@ -97,7 +97,6 @@ def make_bank(root: Path, args: argparse.Namespace) -> Bank:
         seed=args.data_seed,
         ambiguity=args.ambiguity,
         label_errors=args.label_errors,
-        progress=False,
     )
     store = CoreStore(root / "store")
     with (out / "truth.csv").open() as fh:

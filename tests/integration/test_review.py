@@ -165,7 +165,7 @@ def test_review_of_a_core_excluded_meanwhile_is_refused(db_url: str) -> None:
     with session_scope() as s:
         from her2ops.platform.consensus import apply_consensus
 
-        apply_consensus(s, actor="lm", core_ids=[w.core_ids["K2-1"]])
+        apply_consensus(s, actor="lm", all_cores=True)
     before = _counts()
     with pytest.raises(Conflict, match="K2-1 was excluded"):
         P.submit(actor="p1", item=mine["item"], score="2+")

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from her2ops.cli._app import actor, app, domain_errors, emit_json, ensure_database
+from her2ops.cli._app import actor, app, call, emit_json
 
 review_app = typer.Typer(
     help="The review queue: flagged cores, claims, blinded votes.", no_args_is_help=True
@@ -69,16 +69,15 @@ def build(
     """Flag the cores the model(s) scored and queue the highest-priority ones."""
     from her2ops.pipelines.review import build_queue
 
-    ensure_database()
-    with domain_errors():
-        out = build_queue(
-            actor=actor(),
-            model_ref=model,
-            top=top,
-            mode=mode,
-            votes_needed=votes,
-            label_method=label_method,
-        )
+    out = call(
+        build_queue,
+        actor=actor(),
+        model_ref=model,
+        top=top,
+        mode=mode,
+        votes_needed=votes,
+        label_method=label_method,
+    )
     if json_out:
         emit_json(out)
         return
@@ -104,9 +103,7 @@ def add(
     """Queue cores by hand (lab managers)."""
     from her2ops.pipelines.review import add_items
 
-    ensure_database()
-    with domain_errors():
-        out = add_items(actor=actor(), cores=cores, reason=reason, mode=mode, votes_needed=votes)
+    out = call(add_items, actor=actor(), cores=cores, reason=reason, mode=mode, votes_needed=votes)
     if json_out:
         emit_json(out)
         return
@@ -123,9 +120,7 @@ def next_cmd(
     """Claim the highest-priority item for you (or show the claim you hold)."""
     from her2ops.pipelines.review import next_item
 
-    ensure_database()
-    with domain_errors():
-        view = next_item(actor=actor(), lease_s=lease)
+    view = call(next_item, actor=actor(), lease_s=lease)
     if json_out:
         emit_json(view)
         return
@@ -140,9 +135,7 @@ def renew_cmd(item: ItemArg, token: TokenOpt = None, json_out: JsonOpt = False) 
     """Extend the lease of your claim."""
     from her2ops.pipelines.review import renew
 
-    ensure_database()
-    with domain_errors():
-        out = renew(actor=actor(), item=item, token=token)
+    out = call(renew, actor=actor(), item=item, token=token)
     if json_out:
         emit_json(out)
         return
@@ -160,9 +153,7 @@ def submit_cmd(
     """Record your review vote on your claimed item; the core's consensus is recomputed."""
     from her2ops.pipelines.review import submit
 
-    ensure_database()
-    with domain_errors():
-        out = submit(actor=actor(), item=item, score=score, comment=comment, token=token)
+    out = call(submit, actor=actor(), item=item, score=score, comment=comment, token=token)
     if json_out:
         emit_json(out)
         return
@@ -183,9 +174,7 @@ def skip_cmd(item: ItemArg, token: TokenOpt = None) -> None:
     """Give your claim back; this item will not be offered to you again."""
     from her2ops.pipelines.review import skip
 
-    ensure_database()
-    with domain_errors():
-        skip(actor=actor(), item=item, token=token)
+    call(skip, actor=actor(), item=item, token=token)
     typer.echo(f"item {item}: skipped")
 
 
@@ -194,9 +183,7 @@ def release_cmd(item: ItemArg, token: TokenOpt = None) -> None:
     """Give your claim back to the queue."""
     from her2ops.pipelines.review import release
 
-    ensure_database()
-    with domain_errors():
-        release(actor=actor(), item=item, token=token)
+    call(release, actor=actor(), item=item, token=token)
     typer.echo(f"item {item}: released")
 
 
@@ -212,9 +199,7 @@ def list_cmd(
     """The queue, highest priority first, and counts per status."""
     from her2ops.pipelines.review import list_items
 
-    ensure_database()
-    with domain_errors():
-        out = list_items(actor=actor(), status=status, limit=limit)
+    out = call(list_items, actor=actor(), status=status, limit=limit)
     if json_out:
         emit_json(out)
         return
@@ -242,9 +227,7 @@ def show_cmd(
     """What you may see of an item (blinded for a reviewer on a blinded item)."""
     from her2ops.pipelines.review import show_item
 
-    ensure_database()
-    with domain_errors():
-        view = show_item(actor=actor(), item=item, png=png, k=k)
+    view = call(show_item, actor=actor(), item=item, png=png, k=k)
     if json_out:
         emit_json(view)
         return

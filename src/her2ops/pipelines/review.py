@@ -19,12 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from her2ops.config import get_settings
+from her2ops.errors import InvalidRequest, PermissionDenied
 from her2ops.models import flags as F
+from her2ops.pipelines.runtime import get_runtime
 from her2ops.platform import review as R
 from her2ops.platform import review_view as V
-from her2ops.platform.db import session_scope
-from her2ops.platform.errors import InvalidRequest, PermissionDenied
 from her2ops.platform.registry import resolve_ref
 
 CLEANLAB_MIN_CORES = 20
@@ -121,8 +120,9 @@ def build_queue(
     refs = [model_ref] if isinstance(model_ref, str) else list(model_ref)
     if not refs:
         raise InvalidRequest("name at least one model (--model REF)")
-    settings = get_settings()
-    with session_scope() as s:
+    rt = get_runtime()
+    settings = rt.settings
+    with rt.session() as s:
         from her2ops.platform.access import require
 
         require(s, actor, "review.enqueue")
@@ -149,7 +149,7 @@ def add_items(
     votes_needed: int = 1,
 ) -> dict[str, Any]:
     """Queue cores by hand (lab managers)."""
-    with session_scope() as s:
+    with get_runtime().session() as s:
         report = R.add_items(
             s, actor=actor, cores=cores, reason=reason, mode=mode, votes_needed=votes_needed
         )
@@ -158,7 +158,7 @@ def add_items(
 
 def next_item(*, actor: str | None, lease_s: int | None = None) -> dict[str, Any] | None:
     """Claim (or return the live claim of) the acting pathologist; what they may see of it."""
-    with session_scope() as s:
+    with get_runtime().session() as s:
         item = R.next_item(s, actor=actor, lease_s=lease_s)
         return None if item is None else V.item_view(s, actor=actor, item_id=item.id)
 
@@ -166,7 +166,7 @@ def next_item(*, actor: str | None, lease_s: int | None = None) -> dict[str, Any
 def renew(
     *, actor: str | None, item: int, token: int | None = None, lease_s: int | None = None
 ) -> dict[str, Any]:
-    with session_scope() as s:
+    with get_runtime().session() as s:
         it = R.renew(s, actor=actor, item_id=item, token=token, lease_s=lease_s)
         return {
             "item": it.id,
@@ -183,20 +183,20 @@ def submit(
     comment: str | None = None,
     token: int | None = None,
 ) -> dict[str, Any]:
-    with session_scope() as s:
+    with get_runtime().session() as s:
         return R.submit(
             s, actor=actor, item_id=item, score=score, comment=comment, token=token
         ).to_dict()
 
 
 def skip(*, actor: str | None, item: int, token: int | None = None) -> dict[str, Any]:
-    with session_scope() as s:
+    with get_runtime().session() as s:
         it = R.skip(s, actor=actor, item_id=item, token=token)
         return {"item": it.id, "status": it.status}
 
 
 def release(*, actor: str | None, item: int, token: int | None = None) -> dict[str, Any]:
-    with session_scope() as s:
+    with get_runtime().session() as s:
         it = R.release(s, actor=actor, item_id=item, token=token)
         return {"item": it.id, "status": it.status}
 
@@ -206,7 +206,7 @@ def list_items(*, actor: str | None, status: str | None = None, limit: int = 100
     without reasons or priorities (those are model output)."""
     from her2ops.platform.access import get_user
 
-    with session_scope() as s:
+    with get_runtime().session() as s:
         user = get_user(s, actor)
         R.expire_leases(s)
         items = R.list_items(s, status=status, limit=limit)
@@ -221,7 +221,7 @@ def show_item(
 ) -> dict[str, Any]:
     """What the acting user may see of an item; with ``png``, a sheet of the patches of the
     ``k`` most confident sets (default: all of the KCS) with each set's class and confidence."""
-    with session_scope() as s:
+    with get_runtime().session() as s:
         view = V.item_view(s, actor=actor, item_id=item)
     if png is None:
         return view
@@ -246,11 +246,10 @@ def draw_kcs_sets(
 
     from her2ops.imaging.pss import sample_sets
     from her2ops.imaging.sheet import contact_sheet
-    from her2ops.imaging.store import CoreStore
     from her2ops.profiles import get_profile
 
     cfg = get_profile(model["profile"]).pss
-    store = CoreStore(get_settings().resolved_store_dir)
+    store = get_runtime().store
     sheets = []
     with store.open(sha256, core=core) as img:
         arrays = sample_sets(
