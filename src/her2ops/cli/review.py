@@ -62,8 +62,8 @@ def build(
     mode: ModeOpt = "blinded",
     votes: VotesOpt = 1,
     label_method: Annotated[
-        str, typer.Option("--label-method", help="cleanlab (default) or rule.")
-    ] = "cleanlab",
+        str, typer.Option("--label-method", help="rule (default) or cleanlab.")
+    ] = "rule",
     json_out: JsonOpt = False,
 ) -> None:
     """Flag the cores the model(s) scored and queue the highest-priority ones."""
