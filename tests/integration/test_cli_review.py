@@ -6,14 +6,23 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
 from her2ops.cli import app
+from her2ops.config import get_settings
 from tests.factories import store
 from tests.integration.review_world import build_world
 
 runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _no_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The review flow, not credentials (those: test_cli_curation, test_hardening)."""
+    monkeypatch.setenv("HER2OPS_REQUIRE_CREDENTIALS", "false")
+    get_settings.cache_clear()
 
 
 def run(*args: str, ok: bool = True) -> str:

@@ -1,7 +1,7 @@
 """review queue: review_items (one active item per core), review_skips
 
 Revision ID: 0006
-Revises: 0003 (the lead re-chains it after the other branches land)
+Revises: 0005 (the lead re-chains it after the other branches land)
 Create Date: 2026-11-27 19:13:04.412945
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
-down_revision = "0003"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
