@@ -235,7 +235,7 @@ def test_blinded_payload_holds_no_votes_and_no_model_output(db_url: str) -> None
     view = P.next_item(actor="p1")
     assert view is not None and view["blinded"]
     text = json.dumps(view, default=str)
-    for word in ("p2", "p3", "votes\"", "consensus", "reasons", "priority", "model", "probs"):
+    for word in ("p2", "p3", 'votes"', "consensus", "reasons", "priority", "model", "probs"):
         assert word not in text, word
     assert set(view) == {
         "item", "core", "round", "status", "mode", "blinded", "image", "votes_needed",
