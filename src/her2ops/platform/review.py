@@ -411,6 +411,7 @@ def next_item(
     user = require(session, actor, "votes.cast")
     lease = _lease_s(lease_s)
     now = utcnow()
+    begin_write(session)  # on SQLite: no second claim of the same user between check and claim
     held = session.scalar(
         select(ReviewItem)
         .where(
