@@ -355,6 +355,7 @@ class EnsemblePrediction(Base):
     final_score: Mapped[int] = mapped_column(Integer)
     probs: Mapped[list[float]] = mapped_column(JSON)
     member_finals: Mapped[list[int]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 # --- review queue (active learning) --------------------------------------------------------------

@@ -1,7 +1,7 @@
 """review queue: review_items (one active item per core), review_skips
 
-Revision ID: 0006
-Revises: 0005 (the lead re-chains it after the other branches land)
+Revision ID: 0007
+Revises: 0006 (jobs; the lead re-chains it if other branches land first)
 Create Date: 2026-11-27 19:13:04.412945
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
