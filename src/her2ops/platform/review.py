@@ -330,14 +330,17 @@ def claim_next(
     (item id, fencing token) or None when nothing is claimable for them."""
     now = now or utcnow()
     begin_write(session)
-    postgres = session.get_bind().dialect.name == "postgresql"
+    # Core-level execution on the session's connection: the claim needs none of the ORM's
+    # statement processing, and it is the hot path of every reviewer
+    conn = session.connection()
+    postgres = conn.dialect.name == "postgresql"
     if postgres:
         # A claim is soft state: if a crash lost it, the item is simply claimable again and the
         # claimer's submit is refused by its fencing token. So the claim's commit need not wait
         # for the WAL flush (votes, written by submit, always do).
         # The claim statement is prepared by the driver after a few runs; a generic plan spares
         # the planner (most of a claim's cost) on every later one.
-        session.execute(
+        conn.execute(
             text(
                 "SELECT set_config('synchronous_commit', 'off', true), "
                 "set_config('plan_cache_mode', 'force_generic_plan', true)"
@@ -391,9 +394,8 @@ def claim_next(
             fencing_token=ri.fencing_token + 1,
         )
         .returning(ri.id, ri.fencing_token)
-        .execution_options(synchronize_session=False)
     )
-    row = session.execute(stmt).first()
+    row = conn.execute(stmt).first()
     return (int(row[0]), int(row[1])) if row else None
 
 
