@@ -97,11 +97,6 @@ class Settings(BaseSettings):
     mlflow_max_retries: int = Field(
         default=2, ge=0, le=10, description="Retries of a failed MLflow HTTP request."
     )
-    review_lease_s: int = Field(
-        default=900,
-        ge=1,
-        description="Seconds a review claim lasts before it returns to the queue.",
-    )
 
     @field_validator("database_url")
     @classmethod
@@ -269,6 +264,13 @@ class Settings(BaseSettings):
         default=None,
         description="Secret that signs the dashboard's cookies (Streamlit server.cookieSecret). "
         "Required, and no placeholder, outside the embedded SQLite default.",
+    )
+
+    # --- review queue (active learning) ---
+    review_lease_s: int = Field(
+        default=900,
+        ge=1,
+        description="Seconds a review claim lasts before it returns to the queue.",
     )
 
     @model_validator(mode="after")
