@@ -290,6 +290,14 @@ class Settings(BaseSettings):
                 )
         return self
 
+    # --- active learning: when new labels justify a retrain ---
+    retrain_min_new_labels: int = Field(
+        default=50, ge=1, description="Retrain when this many new training labels appeared..."
+    )
+    retrain_min_changed_labels: int = Field(
+        default=20, ge=1, description="...or this many changed (or lost) since the champion."
+    )
+
     @property
     def resolved_broker_url(self) -> str:
         if self.broker_url:

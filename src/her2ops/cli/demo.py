@@ -92,6 +92,10 @@ def main() -> None:
         7,
         "--contact-sheet",
         "--tma-slide",
+        "--ambiguity",
+        0.15,
+        "--label-errors",
+        0.05,
     )
 
     banner("2. Users and roles (the first user bootstraps; then only an admin adds users)")
@@ -187,6 +191,7 @@ def main() -> None:
             )
             her2ops("jobs", "list", user="eng")
         print("worker stopped")
+        _active_learning()
     her2ops("labels", "export", "--split", "main", "--out", ROOT / "labels.csv", user="lab")
 
     banner("Done")
@@ -209,6 +214,47 @@ def main() -> None:
 def _pw(user: str) -> str:
     """The demo's password of ``user`` (synthetic data only; never a real lab's practice)."""
     return f"demo-{user}-pass"
+
+
+def _active_learning() -> None:
+    """Flag -> queue -> simulated pathologists review (blinded) -> consensus -> retrain policy."""
+    import csv
+
+    import numpy as np
+
+    from her2ops.pipelines.review import next_item, submit
+    from her2ops.synthetic.votes import PATHOLOGIST_CONFUSION, VOTE_LABELS
+
+    banner("10. Active learning: flag what the champion is unsure of or contradicts, review it")
+    print("(the evaluation above scored the test partition: its patients are out of sample, so")
+    print(" a confident prediction that contradicts the consensus marks a possible label error)")
+    her2ops("review", "build", "--model", "champion", "--top", 20, user="eng")
+    with (SYN / "truth.csv").open() as fh:
+        truth = {r["core"]: r for r in csv.DictReader(fh)}
+    rng = np.random.default_rng(11)
+    print("five simulated pathologists work through the queue, blinded (no votes, no model):")
+    print(
+        "$ her2ops --as pathN review next --json   /   her2ops --as pathN review submit ITEM SCORE"
+    )
+    reviewed = changed = errors_seen = errors_fixed = 0
+    for name in ("path1", "path2", "path3", "path4", "path5"):
+        while (view := next_item(actor=name)) is not None:
+            row = truth[view["core"]]
+            probs = PATHOLOGIST_CONFUSION[name][int(row["true_score"])]
+            score = VOTE_LABELS[int(rng.choice(len(probs), p=probs))]
+            res = submit(actor=name, item=view["item"], score=score, token=view["claim"]["token"])
+            reviewed += 1
+            changed += bool(res["label_changed"])
+            if row.get("label_error") == "1":
+                errors_seen += 1
+                after = res["label_after"]["score"]
+                errors_fixed += after is not None and int(after) == int(row["true_score"])
+    print(
+        f"{reviewed} review vote(s); {changed} consensus label(s) changed; the queue held "
+        f"{errors_seen} of the injected label errors (truth.csv), {errors_fixed} of them relabelled"
+    )
+    her2ops("review", "list", "--status", "done", user="lab")
+    her2ops("review", "retrain", "--model", "champion", user="eng")
 
 
 def _compare_dearray(truth_csv: Path, manifest_csv: Path) -> None:

@@ -234,3 +234,39 @@ def show_cmd(
     _show_view(view)
     if png is not None:
         typer.echo(f"wrote {view['png']}")
+
+
+@review_app.command("retrain")
+def retrain_cmd(
+    model: Annotated[str, typer.Option("--model", help="Version whose labels to compare.")] = (
+        "champion"
+    ),
+    submit: Annotated[
+        bool, typer.Option("--submit", help="Submit a retrain job if the policy says it is due.")
+    ] = False,
+    profile: Annotated[str | None, typer.Option(help="Profile of the retrain job.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs of the retrain job.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """The retrain policy: training labels new, changed or lost since MODEL was trained; with
+    --submit a due retrain becomes a job (extend the split, train a challenger, evaluate it
+    beside the champion; nothing is promoted)."""
+    from her2ops.pipelines.retrain import check_retrain
+
+    out = call(
+        check_retrain,
+        actor=actor(),
+        model_ref=model,
+        submit=submit,
+        profile=profile,
+        epochs=epochs,
+    )
+    if json_out:
+        emit_json(out)
+        return
+    typer.echo(
+        f"since {out['model']}: {out['reason']}; retrain {'due' if out['due'] else 'not due'}"
+    )
+    if out["job"] is not None:
+        job = out["job"]
+        typer.echo(f"submitted retrain job {job.get('id', job)}")

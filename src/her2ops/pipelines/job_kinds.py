@@ -37,7 +37,7 @@ from her2ops.platform.splits import get_split
 from her2ops.profiles import get_profile
 
 #: Kinds the table knows but no worker runs yet (submit refuses them with this message).
-PLANNED = ("study", "flags", "retrain")
+PLANNED = ("study", "flags")
 #: The job a runner is working on (set by ``pipelines.jobs.run_job``), for kinds that fan out.
 CURRENT_JOB: ContextVar[Claim] = ContextVar("her2ops_current_job")
 
@@ -486,6 +486,38 @@ KINDS: dict[str, JobKind] = {
         permission="models.train",
     ),
 }
+
+
+def _run_retrain(actor: str | None, p: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    from her2ops.pipelines.retrain import retrain
+
+    return _plain(
+        retrain(
+            actor=actor,
+            split=p["split"],
+            profile=p.get("profile", "paper"),
+            epochs=p.get("epochs"),
+            seed=p.get("seed", 0),
+            device=p.get("device"),
+            progress=progress,
+        )
+    )
+
+
+KINDS["retrain"] = JobKind(
+    name="retrain",
+    params={
+        "split": STR("split to extend and train on (its test partition stays as it is)"),
+        "profile": STR("paper, demo or test (default paper)"),
+        "epochs": INT("override the profile's epochs"),
+        "seed": INT("seed (default 0)"),
+        "device": STR("torch device"),
+    },
+    required=("split",),
+    validate=_validate_train,
+    run=_run_retrain,
+    permission="models.train",
+)
 
 SELFTEST = JobKind(
     name="selftest",

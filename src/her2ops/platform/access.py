@@ -18,6 +18,8 @@ PERMISSIONS: dict[str, tuple[str, ...]] = {
     "labels.reopen": ("lab_manager",),
     "splits.write": ("lab_manager",),
     "splits.freeze": ("lab_manager", "engineer"),
+    # extending adds new patients only (nobody moves): a retrain may do it
+    "splits.extend": ("lab_manager", "engineer"),
     "models.train": ("engineer",),
     "models.score": ("engineer", "lab_manager"),
     "models.promote": ("engineer",),

@@ -148,7 +148,7 @@ def create_split(
 
 def extend_split(session: Session, *, actor: str | None, name: str) -> dict[str, str]:
     """Assign the patients not yet in the split; never moves anyone. Allowed when frozen."""
-    user = require(session, actor, "splits.write")
+    user = require(session, actor, "splits.extend")
     split = get_split(session, name)
     strata, core_scores, ids = _strata(session)
     code_of = {v: k for k, v in ids.items()}
