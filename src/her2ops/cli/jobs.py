@@ -79,13 +79,18 @@ def _wait(job_id: int, timeout: float | None, json_out: bool) -> None:
     from her2ops.platform.jobs import DONE
 
     deadline = None if timeout is None else time.monotonic() + timeout
-    last = ""
+    last, last_status, printed_at = "", "", 0.0
+    # In a log (not a terminal) progress lines are thinned: a line when the status changes,
+    # else at most one every 15 s.
+    thin = not sys.stderr.isatty()
     while True:
         view = call(show_job, actor=actor(), job_id=job_id)
         line = _line(view)
-        if not json_out and line != last:
+        now = time.monotonic()
+        due = not thin or view["status"] != last_status or now - printed_at >= 15
+        if not json_out and line != last and due:
             typer.echo(line, err=True)
-            last = line
+            last, last_status, printed_at = line, view["status"], now
         if view["status"] in DONE:
             break
         if deadline is not None and time.monotonic() >= deadline:
