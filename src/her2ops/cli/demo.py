@@ -95,7 +95,7 @@ def main() -> None:
         "--ambiguity",
         0.15,
         "--label-errors",
-        0.05,
+        0.1,
     )
 
     banner("2. Users and roles (the first user bootstraps; then only an admin adds users)")
@@ -223,24 +223,24 @@ def _active_learning() -> None:
     import numpy as np
 
     from her2ops.pipelines.review import next_item, submit
+    from her2ops.scores import SCORE_LABELS
     from her2ops.synthetic.votes import PATHOLOGIST_CONFUSION, VOTE_LABELS
 
     banner("10. Active learning: flag what the champion is unsure of or contradicts, review it")
     print("(the evaluation above scored the test partition: its patients are out of sample, so")
     print(" a confident prediction that contradicts the consensus marks a possible label error)")
-    her2ops("review", "build", "--model", "champion", "--top", 20, user="eng")
+    her2ops("review", "build", "--model", "champion", "--top", 20, "--votes", 3, user="eng")
     with (SYN / "truth.csv").open() as fh:
         truth = {r["core"]: r for r in csv.DictReader(fh)}
     rng = np.random.default_rng(11)
-    print("five simulated pathologists work through the queue, blinded (no votes, no model):")
-    print(
-        "$ her2ops --as pathN review next --json   /   her2ops --as pathN review submit ITEM SCORE"
-    )
+    print("five simulated pathologists work through the queue, blinded (no votes, no model),")
+    print("three of them per core (as: her2ops --as pathN review next; review submit ITEM SCORE):")
     reviewed = changed = errors_seen = errors_fixed = 0
     for name in ("path1", "path2", "path3", "path4", "path5"):
         while (view := next_item(actor=name)) is not None:
             row = truth[view["core"]]
-            probs = PATHOLOGIST_CONFUSION[name][int(row["true_score"])]
+            true = SCORE_LABELS.index(row["true_score"])
+            probs = PATHOLOGIST_CONFUSION[name][true]
             score = VOTE_LABELS[int(rng.choice(len(probs), p=probs))]
             res = submit(actor=name, item=view["item"], score=score, token=view["claim"]["token"])
             reviewed += 1
@@ -248,7 +248,7 @@ def _active_learning() -> None:
             if row.get("label_error") == "1":
                 errors_seen += 1
                 after = res["label_after"]["score"]
-                errors_fixed += after is not None and int(after) == int(row["true_score"])
+                errors_fixed += after is not None and int(after) == true
     print(
         f"{reviewed} review vote(s); {changed} consensus label(s) changed; the queue held "
         f"{errors_seen} of the injected label errors (truth.csv), {errors_fixed} of them relabelled"
