@@ -56,7 +56,7 @@ def review_votes(user: str) -> list[tuple[str, str, str | None]]:
             .join(User, User.id == Vote.user_id)
             .where(User.username == user, Vote.round == "review")
         ).all()
-    return [tuple(r) for r in rows]
+    return [(r[0], r[1], r[2]) for r in rows]
 
 
 def claimed_by(item: int) -> Any:
@@ -90,8 +90,7 @@ def test_pathologist_claims_and_scores_one_core(world: World) -> None:
     assert claimed_by(held["item"])[0] == "done"
     assert [e.value for e in at.success] == [
         escape_markdown(
-            f"Vote 2+ recorded on core {EVIL_CORE}. "
-            "The review queue has no more cores for you now."
+            f"Vote 2+ recorded on core {EVIL_CORE}. The review queue has no more cores for you now."
         )
     ]
     assert "review_item" not in at.session_state
