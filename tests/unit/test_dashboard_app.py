@@ -83,8 +83,12 @@ def test_signed_out_sees_only_the_login(world: World) -> None:
     [
         ("lm", "Curation", ["curation", "agreement", "jobs", "core", "account"]),
         ("eng", "Models", ["models", "jobs", "core", "account"]),
-        ("p1", "Account", ["account"]),
-        ("admin", "Curation", ["curation", "agreement", "models", "jobs", "core", "account"]),
+        ("p1", "Review", ["review", "account"]),
+        (
+            "admin",
+            "Curation",
+            ["curation", "agreement", "models", "jobs", "core", "review", "account"],
+        ),
     ],
 )
 def test_login_opens_the_roles_pages(

@@ -2,7 +2,8 @@
 
 Signed out, the only page is the login. Signed in, ``st.navigation`` offers the user's role only
 its pages; each page checks the role again and every use case it calls checks it a third time.
-The review page (pathologists) waits for the review-queue issue.
+The review page is for pathologists (and admins): it is offered by the review page's own role
+list, since the review use cases check ``votes.cast`` rather than a read area.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from typing import Any
 
 import streamlit as st
 
-from her2ops.dashboards import account, agreement, core, curation, jobs, login, models
+from her2ops.dashboards import account, agreement, core, curation, jobs, login, models, review
 from her2ops.dashboards.session import PAGES_KEY, current_user, log_out, may_read
 from her2ops.dashboards.ui import escape_markdown
 
+#: the review page's "area": offered to :data:`review.ROLES` (and admins)
+REVIEW = "review"
 #: url path -> (title, icon, read area or None for every signed-in user, render function)
 PAGES: dict[str, tuple[str, str, str | None, Callable[[], None]]] = {
     "curation": ("Curation", ":material/bar_chart:", "curation", curation.render),
@@ -23,13 +26,22 @@ PAGES: dict[str, tuple[str, str, str | None, Callable[[], None]]] = {
     "models": ("Models", ":material/model_training:", "models", models.render),
     "jobs": ("Jobs", ":material/work_history:", "jobs", jobs.render),
     "core": ("Core", ":material/biotech:", "cores", core.render),
+    "review": ("Review", ":material/rate_review:", REVIEW, review.render),
     "account": ("Account", ":material/person:", None, account.render),
 }
 
 
 def page_paths(user: dict[str, Any]) -> list[str]:
     """The url paths of the pages ``user``'s role is offered, in navigation order."""
-    return [path for path, (_, _, area, _) in PAGES.items() if area is None or may_read(user, area)]
+    return [path for path, (_, _, area, _) in PAGES.items() if _offered(user, area)]
+
+
+def _offered(user: dict[str, Any], area: str | None) -> bool:
+    if area is None:
+        return True
+    if area == REVIEW:
+        return review.may_review(user)
+    return may_read(user, area)
 
 
 def main() -> None:
