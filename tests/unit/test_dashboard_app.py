@@ -295,7 +295,7 @@ def _jobs() -> list[tuple[int, str, str]]:
 @pytest.mark.parametrize(
     ("user", "kinds"),
     [
-        ("eng", ["train", "score", "evaluate", "ensemble", "selftest"]),
+        ("eng", ["train", "score", "evaluate", "ensemble", "retrain", "selftest"]),
         ("lm", ["score", "evaluate", "selftest"]),
     ],
 )
