@@ -98,7 +98,7 @@ def test_active_learning_loop_on_real_services(
         from her2ops.pipelines.retrain import check_retrain
         from her2ops.pipelines.stack import LocalStack, Service
         from her2ops.platform.db import session_scope
-        from her2ops.platform.schema import ConsensusLabel, ModelVersion, Prediction, Vote
+        from her2ops.platform.schema import ConsensusLabel, Core, ModelVersion, Prediction, Vote
         from her2ops.synthetic.dataset import generate_dataset
 
         stack = LocalStack(
@@ -185,7 +185,8 @@ def test_active_learning_loop_on_real_services(
             )
             _wait(job["id"], "eng")
 
-            # review queue; three pathologists score each flagged core 3+ (a deliberate change)
+            # review queue; three pathologists score each flagged core away from its label
+            # (a deliberate change: 0 where the label is not 0, else 3+)
             built = review.build_queue(actor="eng", model_ref="champion", top=3, votes_needed=3)
             assert built["added"], built
             with session_scope() as s:
@@ -194,8 +195,17 @@ def test_active_learning_loop_on_real_services(
             submitted = 0
             for name in ("path1", "path2", "path3", "path4", "path5"):
                 while (view := review.next_item(actor=name)) is not None:
+                    with session_scope() as s:
+                        label = s.scalar(
+                            select(ConsensusLabel.score)
+                            .join(Core, Core.id == ConsensusLabel.core_id)
+                            .where(Core.code == view["core"], ConsensusLabel.is_current.is_(True))
+                        )
                     review.submit(
-                        actor=name, item=view["item"], score="3+", token=view["claim"]["token"]
+                        actor=name,
+                        item=view["item"],
+                        score="3+" if label == 0 else "0",
+                        token=view["claim"]["token"],
                     )
                     submitted += 1
             assert submitted == 3 * len(built["cores"])
