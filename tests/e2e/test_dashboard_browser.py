@@ -10,6 +10,7 @@ download browsers here); without it the test skips, and fails under ``CI=true``.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from sqlalchemy import select
 
 from her2ops.config import get_settings
 from her2ops.platform.db import reset_engines, session_scope
-from her2ops.platform.schema import AuditEvent, Job, ModelVersion
+from her2ops.platform.schema import AuditEvent, Core, Job, ModelVersion, User, Vote
 from tests.dashboard_world import EVIL_COMMENT, EVIL_CORE, PASSWORDS, build_world
 from tests.factories import free_port
 
@@ -45,6 +46,12 @@ def server(tmp_path: Path) -> Iterator[str]:
             pytest.fail(f"CI=true but {CHROMIUM} is missing (apt-get install -y chromium)")
         pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
     build_world()
+    from her2ops.pipelines.review import add_items
+
+    with session_scope() as s:  # one core in the review queue for the pathologist to score
+        code = s.scalar(select(Core.code).where(Core.status == "ingested").order_by(Core.code))
+    assert code is not None
+    add_items(actor="lm", cores=[code], reason="browser test")
     reset_engines()
     port = free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
@@ -132,10 +139,10 @@ def test_dashboards_in_a_browser(server: str) -> None:
             expect(page.get_by_text("wrong user name or password")).to_be_visible()
             shot(page, "01-login-refused")
 
-            # pathologist: only the account page; an engineer's page by URL shows nothing of it
+            # pathologist: Review and Account pages; an engineer's page by URL shows nothing
             log_in(page, server, "p1", PASSWORDS["p1"])
-            expect(page.get_by_text("signed in as p1 (role pathologist)")).to_be_visible()
-            shot(page, "02-pathologist-account")
+            expect(page.get_by_text("p1 · pathologist")).to_be_visible()
+            shot(page, "02-pathologist-review")
             # a URL opens a new session: the login, and no page of the engineer's
             page.goto(f"{server}/models")
             wait_for_app_run(page)
@@ -145,8 +152,17 @@ def test_dashboards_in_a_browser(server: str) -> None:
             shot(page, "03-pathologist-opens-models-by-url")
             page.get_by_role("dialog").get_by_role("button", name="Close").click()
             log_in_here(page, "p1", PASSWORDS["p1"])
-            expect(page.get_by_text("signed in as p1 (role pathologist)")).to_be_visible()
+            expect(page.get_by_text("p1 · pathologist")).to_be_visible()
             expect(page.get_by_text("Registered versions")).to_have_count(0)
+
+            # pathologist: the Review page claims the queued core; one click is one vote
+            page.get_by_role("button", name="Next core").click()
+            wait_for_app_run(page)
+            expect(page.get_by_role("button", name=re.compile(r"^2\+ Shortcut"))).to_be_visible()
+            shot(page, "02b-pathologist-review-claimed")
+            page.get_by_role("button", name=re.compile(r"^2\+ Shortcut")).click()
+            wait_for_app_run(page)
+            shot(page, "02c-pathologist-review-scored")
             ctx.close()
 
             # lab manager: curation
@@ -221,6 +237,14 @@ def test_dashboards_in_a_browser(server: str) -> None:
     with session_scope() as s:
         aliases = {mv.version: mv.aliases for mv in s.scalars(select(ModelVersion))}
         jobs = list(s.scalars(select(Job)))
+        review_votes = [
+            (v.score, v.round)
+            for v in s.scalars(
+                select(Vote)
+                .join(User, User.id == Vote.user_id)
+                .where(User.username == "p1", Vote.round == "review")
+            )
+        ]
         reasons = [
             e.details
             for e in s.scalars(
@@ -235,6 +259,7 @@ def test_dashboards_in_a_browser(server: str) -> None:
                 .order_by(AuditEvent.id)
             )
         ]
+    assert review_votes == [("2+", "review")]  # the browser click wrote exactly one vote
     assert "champion" in aliases[2] and "champion" not in aliases[1]
     assert [(j.kind, j.status, j.params["split"]) for j in jobs] == [("train", "queued", "main")]
     assert reasons and reasons[0]["reason"] == "more accurate on frozen test"
