@@ -8,8 +8,8 @@ review queue -> pathologists claim and score flagged cores -> consensus changed 
 -> retrain job -> new challenger evaluated beside the champion. Asserts the database, MLflow and
 the jobs table at each step; nothing is lost or doubled.
 
-(The pathologists score through the review use cases here; the dashboard's review page is
-exercised in the browser by tests/e2e/test_dashboard_browser.py.)
+One pathologist claims and scores the flagged cores in Debian's chromium on the stack's
+dashboard (the Review page); the other two reviewers of each core use the review use cases.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -55,6 +56,47 @@ def _redis(port: int, folder: Path) -> subprocess.Popen[bytes]:
         except Exception:
             assert time.monotonic() < deadline, "redis-server did not start"
             time.sleep(0.1)
+
+
+def _review_in_browser(base: str | None, user: str, choose: Any) -> int:
+    """Log in as ``user``, claim and score every item the queue gives them; how many."""
+    import re
+
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.e2e.test_dashboard_browser import CHROMIUM, VIEWPORT, log_in, wait_for_app_run
+
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true but {CHROMIUM} is missing")
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
+    assert base is not None
+    scored = 0
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_context(viewport=VIEWPORT).new_page()
+            page.set_default_timeout(60_000)
+            log_in(page, base, user, f"e2e-{user}-pass")
+            expect(page.get_by_role("heading", name="Review")).to_be_visible()
+            while True:
+                claim = page.get_by_role("button", name="Next core")
+                if claim.count():  # after a vote the next item loads by itself
+                    claim.click()
+                    wait_for_app_run(page)
+                header = page.get_by_text(re.compile(r"^core \S+ · item"))
+                if header.count() == 0:
+                    break  # nothing left for this user
+                code = header.first.inner_text().split()[1]
+                score = choose(code)
+                page.get_by_role(
+                    "button", name=re.compile(rf"^{re.escape(score)} Shortcut")
+                ).click()
+                wait_for_app_run(page)
+                scored += 1
+        finally:
+            browser.close()
+    return scored
 
 
 def _wait(job_id: int, actor: str, timeout: float = 600) -> dict:  # type: ignore[type-arg]
@@ -121,7 +163,9 @@ def test_active_learning_loop_on_real_services(
             for name, role in [("lab", "lab_manager"), ("eng", "engineer")] + [
                 (f"path{i}", "pathologist") for i in range(1, 6)
             ]:
-                curation.add_user(actor="admin", username=name, role=role)
+                curation.add_user(
+                    actor="admin", username=name, role=role, password=f"e2e-{name}-pass"
+                )
             curation.ingest(actor="lab", manifest=syn / "manifest.csv")
             curation.import_votes(actor="lab", path=syn / "votes.csv")
             curation.run_consensus(actor="lab")
@@ -192,19 +236,27 @@ def test_active_learning_loop_on_real_services(
             with session_scope() as s:
                 before = s.scalar(select(func.count()).select_from(Vote))
                 versions_before = s.scalar(select(func.count()).select_from(ConsensusLabel))
-            submitted = 0
-            for name in ("path1", "path2", "path3", "path4", "path5"):
+
+            def away_from_label(code: str) -> str:
+                """A score that changes the core's label: 0, or 3+ where the label is 0."""
+                with session_scope() as s:
+                    label = s.scalar(
+                        select(ConsensusLabel.score)
+                        .join(Core, Core.id == ConsensusLabel.core_id)
+                        .where(Core.code == code, ConsensusLabel.is_current.is_(True))
+                    )
+                return "3+" if label == 0 else "0"
+
+            # path1 in the browser: Review page, Next core, a score button, until the queue is
+            # empty for them; then two more reviewers of each core through the use cases
+            submitted = _review_in_browser(stack.dashboard_url, "path1", away_from_label)
+            assert submitted == len(built["cores"])
+            for name in ("path2", "path3", "path4", "path5"):
                 while (view := review.next_item(actor=name)) is not None:
-                    with session_scope() as s:
-                        label = s.scalar(
-                            select(ConsensusLabel.score)
-                            .join(Core, Core.id == ConsensusLabel.core_id)
-                            .where(Core.code == view["core"], ConsensusLabel.is_current.is_(True))
-                        )
                     review.submit(
                         actor=name,
                         item=view["item"],
-                        score="3+" if label == 0 else "0",
+                        score=away_from_label(view["core"]),
                         token=view["claim"]["token"],
                     )
                     submitted += 1
