@@ -77,7 +77,7 @@ def test_pathologist_claims_and_scores_one_core(world: World) -> None:
     assert held["core"] == EVIL_CORE
     assert any(t.value.startswith(f"core {EVIL_CORE} ·") for t in at.text)  # text, not markdown
     assert any("your claim expires at" in t.value for t in at.text)
-    assert len(at.get("image")) == 1  # the whole-core view from the store
+    assert len(at.get("image")) == 2  # the whole-core view and a full-resolution zoom region
     status, _, lease1 = claimed_by(held["item"])
     assert status == "claimed"
     # any interaction renews the lease

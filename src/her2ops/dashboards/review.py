@@ -21,7 +21,6 @@ from her2ops.dashboards.session import current_user
 from her2ops.dashboards.ui import escape_markdown
 from her2ops.errors import Her2opsError
 from her2ops.pipelines import review as uc
-from her2ops.pipelines.runtime import get_runtime
 
 #: Roles offered the page (admins too); the use cases check ``votes.cast`` again.
 ROLES = ("pathologist",)
@@ -52,7 +51,7 @@ def render() -> None:
     if item is None:
         st.button("Next core", key="review_next", on_click=_next, args=(actor,), type="primary")
         return
-    _show_item(item)
+    _show_item(actor, item)
     _actions(actor)
 
 
@@ -145,16 +144,16 @@ def _act(actor: str, action: str, score: str | None = None) -> None:
 # --- rendering ---------------------------------------------------------------------------------
 
 
-def _core_image(sha256: str, core: str) -> np.ndarray | None:
-    """The whole-core view (the store's top pyramid level), as the Core page shows it."""
-    store = get_runtime().store
-    if not store.has(sha256):
+def _core_image(actor: str, item: int, **region: Any) -> dict[str, Any] | None:
+    """The whole core, or a zoomed region, through the review use case (who may see it)."""
+    try:
+        return uc.core_pixels(actor=actor, item=item, **region)
+    except Her2opsError as exc:
+        st.info(str(exc))
         return None
-    with store.open(sha256, core=core) as img:
-        return np.asarray(img.read_level(len(img.level_shapes) - 1))
 
 
-def _show_item(item: dict[str, Any]) -> None:
+def _show_item(actor: str, item: dict[str, Any]) -> None:
     lease = item.get("claim", {}).get("lease_expires_at")
     st.text(
         f"core {item['core']} · item {item['item']} · round {item['round']} · {item['mode']}"
@@ -165,11 +164,21 @@ def _show_item(item: dict[str, Any]) -> None:
         st.text(f"your claim expires at {lease:%H:%M:%S %Z} (renewed on each action)")
     left, right = st.columns([3, 2])
     with left:
-        image = _core_image(item["image"]["sha256"], item["core"])
-        if image is not None:
-            st.image(image, caption="whole core (top pyramid level)")
-        else:
-            st.info("image not in the store")
+        whole = _core_image(actor, item["item"])
+        if whole is not None:
+            st.image(np.asarray(whole["image"]), caption="whole core (top pyramid level)")
+            with st.expander("zoom: high-resolution regions from the pyramid"):
+                level = st.select_slider(
+                    "pyramid level (0 = full resolution)",
+                    options=list(range(whole["levels"])),
+                    value=0,
+                    key="review_zoom_level",
+                )
+                x = st.slider("x (left to right)", 0.0, 1.0, 0.5, key="review_zoom_x")
+                y = st.slider("y (top to bottom)", 0.0, 1.0, 0.5, key="review_zoom_y")
+                zoom = _core_image(actor, item["item"], level=level, x=x, y=y, size=512)
+                if zoom is not None:
+                    st.image(np.asarray(zoom["image"]), caption=f"level {level}, 512 px region")
     if item["blinded"]:
         return
     with right:

@@ -276,3 +276,39 @@ def draw_kcs_sets(
     out.parent.mkdir(parents=True, exist_ok=True)
     page.save(out)
     return out
+
+
+def core_pixels(
+    *,
+    actor: str | None,
+    item: int,
+    level: int | None = None,
+    x: float = 0.5,
+    y: float = 0.5,
+    size: int = 512,
+) -> dict[str, Any]:
+    """Pixels of an item's core for whoever may see the item: the whole core (the store's top
+    pyramid level, ``level`` None) or a ``size`` px region of pyramid ``level`` (0 = full
+    resolution) centred at the relative position (``x``, ``y``) — the zoom of the review page."""
+    if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
+        raise InvalidRequest("x and y are relative positions between 0 and 1")
+    if not 64 <= size <= 2048:
+        raise InvalidRequest("size must be between 64 and 2048 px")
+    rt = get_runtime()
+    with rt.session() as s:
+        view = V.item_view(s, actor=actor, item_id=item)  # refuses who may not see the item
+    sha, code = view["image"]["sha256"], view["core"]
+    if not rt.store.has(sha):
+        raise InvalidRequest(f"core {code}: image not in the store")
+    with rt.store.open(sha, core=code) as img:
+        levels = len(img.level_shapes)
+        if level is None:
+            top = levels - 1
+            return {"levels": levels, "level": top, "image": img.read_level(top)}
+        if not 0 <= level < levels:
+            raise InvalidRequest(f"level must be between 0 and {levels - 1}")
+        h, w = img.level_shapes[level]
+        top_y = int(min(max(0, y * h - size / 2), max(0, h - size)))
+        left_x = int(min(max(0, x * w - size / 2), max(0, w - size)))
+        region = img.read_region(level, top_y, left_x, min(size, h), min(size, w))
+    return {"levels": levels, "level": level, "image": np.asarray(region), "at": (top_y, left_x)}
