@@ -83,11 +83,20 @@ def test_signed_out_sees_only_the_login(world: World) -> None:
     [
         ("lm", "Curation", ["curation", "agreement", "jobs", "core", "account"]),
         ("eng", "Models", ["models", "jobs", "core", "account"]),
-        ("p1", "Review", ["review", "account"]),
+        ("p1", "Review", ["review", "adjudication", "account"]),
         (
             "admin",
             "Curation",
-            ["curation", "agreement", "models", "jobs", "core", "review", "account"],
+            [
+                "curation",
+                "agreement",
+                "models",
+                "jobs",
+                "core",
+                "review",
+                "adjudication",
+                "account",
+            ],
         ),
     ],
 )

@@ -13,7 +13,17 @@ from typing import Any
 
 import streamlit as st
 
-from her2ops.dashboards import account, agreement, core, curation, jobs, login, models, review
+from her2ops.dashboards import (
+    account,
+    adjudication,
+    agreement,
+    core,
+    curation,
+    jobs,
+    login,
+    models,
+    review,
+)
 from her2ops.dashboards.session import PAGES_KEY, current_user, log_out, may_read
 from her2ops.dashboards.ui import escape_markdown
 
@@ -27,6 +37,7 @@ PAGES: dict[str, tuple[str, str, str | None, Callable[[], None]]] = {
     "jobs": ("Jobs", ":material/work_history:", "jobs", jobs.render),
     "core": ("Core", ":material/biotech:", "cores", core.render),
     "review": ("Review", ":material/rate_review:", REVIEW, review.render),
+    "adjudication": ("Adjudication", ":material/gavel:", REVIEW, adjudication.render),
     "account": ("Account", ":material/person:", None, account.render),
 }
 

@@ -312,3 +312,42 @@ def core_pixels(
         left_x = int(min(max(0, x * w - size / 2), max(0, w - size)))
         region = img.read_region(level, top_y, left_x, min(size, h), min(size, w))
     return {"levels": levels, "level": level, "image": np.asarray(region), "at": (top_y, left_x)}
+
+
+def adjudication_list(*, actor: str | None, limit: int = 200) -> list[dict[str, Any]]:
+    """Cores whose panel disagrees (``needs_adjudication``) that the acting pathologist may
+    adjudicate (not on the core's panel when the lab policy requires it), with every vote."""
+    from sqlalchemy import select
+
+    from her2ops.platform.access import require
+    from her2ops.platform.schema import ConsensusLabel, Core, User, Vote
+
+    rt = get_runtime()
+    outside = rt.settings.adjudicator_outside_panel
+    with rt.session() as s:
+        me = require(s, actor, "votes.cast")
+        rows = s.execute(
+            select(Core.id, Core.code)
+            .join(ConsensusLabel, ConsensusLabel.core_id == Core.id)
+            .where(
+                ConsensusLabel.is_current.is_(True),
+                ConsensusLabel.status == "needs_adjudication",
+            )
+            .order_by(Core.code)
+            .limit(limit)
+        ).all()
+        votes: dict[int, list[dict[str, Any]]] = {cid: [] for cid, _ in rows}
+        for core_id, who, score, rnd, comment in s.execute(
+            select(Vote.core_id, User.username, Vote.score, Vote.round, Vote.comment)
+            .join(User, User.id == Vote.user_id)
+            .where(Vote.core_id.in_(list(votes)))
+            .order_by(Vote.core_id, Vote.id)
+        ):
+            votes[core_id].append(
+                {"pathologist": who, "score": score, "round": rnd, "comment": comment}
+            )
+    return [
+        {"core": code, "votes": votes[cid]}
+        for cid, code in rows
+        if not (outside and any(v["pathologist"] == me.username for v in votes[cid]))
+    ]
