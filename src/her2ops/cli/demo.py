@@ -16,6 +16,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -235,7 +236,9 @@ def _active_learning() -> None:
     rng = np.random.default_rng(11)
     print("five simulated pathologists work through the queue, blinded (no votes, no model),")
     print("three of them per core (as: her2ops --as pathN review next; review submit ITEM SCORE):")
-    reviewed = changed = errors_seen = errors_fixed = 0
+    reviewed = 0
+    before: dict[str, dict[str, Any]] = {}  # core -> its label before the first review vote
+    after: dict[str, dict[str, Any]] = {}  # core -> its label after the last one
     for name in ("path1", "path2", "path3", "path4", "path5"):
         while (view := next_item(actor=name)) is not None:
             row = truth[view["core"]]
@@ -244,14 +247,19 @@ def _active_learning() -> None:
             score = VOTE_LABELS[int(rng.choice(len(probs), p=probs))]
             res = submit(actor=name, item=view["item"], score=score, token=view["claim"]["token"])
             reviewed += 1
-            changed += bool(res["label_changed"])
-            if row.get("label_error") == "1":
-                errors_seen += 1
-                after = res["label_after"]["score"]
-                errors_fixed += after is not None and int(after) == true
+            before.setdefault(view["core"], res["label_before"])
+            after[view["core"]] = res["label_after"]
+    changed = sum(before[c] != after[c] for c in after)
+    errors = [c for c in after if truth[c].get("label_error") == "1"]
+    fixed = sum(
+        after[c]["score"] is not None
+        and int(after[c]["score"]) == SCORE_LABELS.index(truth[c]["true_score"])
+        for c in errors
+    )
     print(
-        f"{reviewed} review vote(s); {changed} consensus label(s) changed; the queue held "
-        f"{errors_seen} of the injected label errors (truth.csv), {errors_fixed} of them relabelled"
+        f"{reviewed} review vote(s) on {len(after)} core(s); {changed} consensus label(s) "
+        f"changed; {len(errors)} of these cores carried an injected label error (truth.csv), "
+        f"{fixed} of them now have the true score"
     )
     her2ops("review", "list", "--status", "done", user="lab")
     her2ops("review", "retrain", "--model", "champion", user="eng")
