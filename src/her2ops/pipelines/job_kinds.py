@@ -418,6 +418,13 @@ _PROTOCOL = {
     "device": STR("torch device (default: HER2OPS_DEVICE, else cuda if present)"),
 }
 
+#: Which model a score or evaluate job uses: a registered version, or an ensemble job's members.
+_MODEL_OR_ENSEMBLE = {
+    "model": STR("champion, challenger, a version or a run id"),
+    "ensemble": INT("...or the id of a succeeded ensemble job"),
+    "rule": STR("ensemble combine rule: pooled_kcs, majority or mean_prob"),
+}
+
 KINDS: dict[str, JobKind] = {
     "train": JobKind(
         name="train",
@@ -438,9 +445,7 @@ KINDS: dict[str, JobKind] = {
     "score": JobKind(
         name="score",
         params={
-            "model": STR("champion, challenger, a version or a run id"),
-            "ensemble": INT("...or the id of a succeeded ensemble job"),
-            "rule": STR("ensemble combine rule: pooled_kcs, majority or mean_prob"),
+            **_MODEL_OR_ENSEMBLE,
             "cores": LIST("core codes"),
             "split": STR("score this split's..."),
             "partition": STR("...partition (train, val, test)"),
@@ -454,9 +459,7 @@ KINDS: dict[str, JobKind] = {
     "evaluate": JobKind(
         name="evaluate",
         params={
-            "model": STR("champion, challenger, a version or a run id"),
-            "ensemble": INT("...or the id of a succeeded ensemble job"),
-            "rule": STR("ensemble combine rule: pooled_kcs, majority or mean_prob"),
+            **_MODEL_OR_ENSEMBLE,
             "split": STR("split"),
             "partition": STR("partition (default test)"),
             "study": BOOL("also run the N/k study"),
