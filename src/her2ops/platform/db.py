@@ -35,6 +35,16 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _sqlite_savepoint(conn: Any, _name: Any) -> None:
+    # Python's sqlite3 driver issues BEGIN only before a data change, never before SAVEPOINT, and
+    # a SAVEPOINT outside a transaction starts one that its RELEASE commits: a nested write would
+    # outlive the rollback of its unit of work. Open the outer transaction first; IMMEDIATE takes
+    # the write lock now, since a savepoint is there to write.
+    dbapi = conn.connection.dbapi_connection
+    if dbapi is not None and not dbapi.in_transaction:
+        dbapi.execute("BEGIN IMMEDIATE")
+
+
 _ENGINES: dict[str, Engine] = {}
 _FACTORIES: dict[str, sessionmaker[Session]] = {}
 
@@ -68,6 +78,7 @@ def _create_engine(url: str) -> Engine:
         raise ConfigError(f"HER2OPS_DATABASE_URL {parsed!r} cannot be used: {exc}") from None
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "savepoint", _sqlite_savepoint)
     return engine
 
 
