@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 from sqlalchemy import func, select
+from sqlalchemy.exc import StatementError
 
 from her2ops.pipelines import models as models_uc
 from her2ops.pipelines import train as train_mod
 from her2ops.pipelines.runtime import get_runtime
 from her2ops.pipelines.score import score_cores
 from her2ops.platform.db import session_scope
-from her2ops.platform.schema import ModelVersion, Prediction
+from her2ops.platform.schema import AuditEvent, ModelVersion, Prediction
 from her2ops.tracking import Tracking
 from tests.factories import curate_synthetic
 
@@ -80,6 +81,16 @@ def test_interrupted_scoring_keeps_work_and_promotion_is_all_or_nothing(
     assert tracking.alias_version("champion") is None
     assert "champion" not in _aliases()[out.version]
     monkeypatch.undo()
+
+    # --- the reason cannot be audited -> neither the alias move nor its event is kept
+    # not JSON: fails when the reason's event is written (wrapped by SQLAlchemy on SQLite)
+    with pytest.raises((TypeError, StatementError), match="not JSON serializable"):
+        models_uc.promote_model(actor="eng", ref=str(out.version), reason={"reason": object()})
+    assert tracking.alias_version("champion") is None
+    assert "champion" not in _aliases()[out.version]
+    with session_scope() as s:
+        actions = set(s.scalars(select(AuditEvent.action)))
+    assert not {"models.promote", "models.promote_reason"} & actions
 
     # --- and when both succeed, both agree
     res = models_uc.promote_model(actor="eng", ref="challenger")

@@ -4,8 +4,8 @@ An engineer gives ``champion`` to a version with a written reason. The candidate
 trained (and so evaluated) on the same split, hence the same frozen test partition, as the
 current champion; otherwise the promotion is refused unless forced, and a forced promotion says
 so in its audit event. The alias move itself (MLflow first, then the table, undone in MLflow if
-the table fails) and its ``models.promote`` audit event are ``promote_model``'s; this adds a
-``models.promote_reason`` event with the reason after it succeeded.
+the table fails) are ``promote_model``'s, which audits the reason as a ``models.promote_reason``
+event in the same transaction as the alias move's ``models.promote`` event.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from sqlalchemy import select
 from her2ops.errors import Conflict, InvalidRequest
 from her2ops.pipelines.models import promote_model
 from her2ops.pipelines.runtime import get_runtime
-from her2ops.platform import audit
 from her2ops.platform.access import require
 from her2ops.platform.registry import resolve_ref
 from her2ops.platform.schema import ModelVersion, Split
@@ -58,20 +57,11 @@ def promote_with_reason(
                     "reason if you mean it"
                 )
         version = candidate.version
-    result = promote_model(actor=actor, ref=str(version), alias=alias)
-    with rt.session() as s:
-        user = require(s, actor, "models.promote")
-        audit.record(
-            s,
-            actor=user,
-            action="models.promote_reason",
-            entity="model_version",
-            key=f"{name}/{version}",
-            details={
-                "alias": alias,
-                "reason": reason,
-                "forced": bool(force and other_split),
-                "previous": result.get("previous"),
-            },
-        )
-    return {**result, "reason": reason, "forced": bool(force and other_split)}
+    forced = bool(force and other_split)
+    result = promote_model(
+        actor=actor,
+        ref=str(version),
+        alias=alias,
+        reason={"reason": reason, "forced": forced},
+    )
+    return {**result, "reason": reason, "forced": forced}
