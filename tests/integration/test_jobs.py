@@ -142,10 +142,8 @@ def test_rolled_back_transaction_sends_nothing(db_url: str) -> None:
 
 
 def test_released_savepoint_sends_nothing_until_the_outer_commit(db_url: str) -> None:
-    if db_url.startswith("sqlite"):
-        # pysqlite opens no transaction before SAVEPOINT, so RELEASE commits for real unless
-        # platform/db.py applies SQLAlchemy's documented pysqlite BEGIN recipe (it does not).
-        pytest.skip("SAVEPOINTs are not nested in a transaction by pysqlite as configured")
+    # (on SQLite, platform/db.py opens the outer transaction before the SAVEPOINT: pysqlite
+    # would not, and RELEASE would then commit for real)
     seed_users()
     with pytest.raises(_Abort), session_scope() as s:
         with s.begin_nested():  # released: SQLAlchemy fires after_commit for it

@@ -39,6 +39,11 @@ def test_background_flags_submit_jobs(db_url: str, monkeypatch: pytest.MonkeyPat
     code, out, _ = run("train", "--split", "main", "--profile", "test", "--epochs", "1",
                        "--background")  # fmt: skip
     assert code == 0 and f"job {view['id']} (train) already submitted" in out
+    # the same work asked for through `jobs submit`, defaults left out, is the same job
+    code, out, err = run("jobs", "submit", "train", "-p", "split=main", "-p", "profile=test",
+                         "-p", "epochs=1", "--json")  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["id"] == view["id"] and not json.loads(out)["created"]
 
     code, out, err = run("train", "--split", "main", "--profile", "test", "--ensemble", "3")
     assert code == 0, err

@@ -135,20 +135,22 @@ def _resolve_model(session: Session, params: dict[str, Any]) -> Any:
 
 
 def _check_protocol(params: dict[str, Any], profile_name: str) -> None:
-    """The scoring use case's own protocol check, on the values the job will use."""
+    """Fill in the protocol's defaults (so the same work has the same parameters, hence the
+    same idempotency key, however it was asked for) and run the scoring use case's own check."""
     from her2ops.pipelines.score import check_protocol
 
     profile = get_profile(profile_name)
-    check_protocol(
-        params.get("n_sets", profile.n_sets),
-        params.get("top_k", profile.top_k),
-        params.get("confidence", "margin"),
-    )
+    params.setdefault("n_sets", profile.n_sets)
+    params.setdefault("top_k", profile.top_k)
+    params.setdefault("seed", 0)
+    params.setdefault("confidence", "margin")
+    check_protocol(params["n_sets"], params["top_k"], params["confidence"])
 
 
 def _validate_train(session: Session, actor: str | None, p: dict[str, Any]) -> dict[str, Any]:
     get_split(session, p["split"])
     p.setdefault("profile", "paper")
+    p.setdefault("seed", 0)  # the default made explicit: the same work, the same key
     try:
         get_profile(p["profile"])
     except ValueError as exc:
