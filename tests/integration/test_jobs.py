@@ -50,7 +50,10 @@ def _expire_now(job_id: int) -> None:
     ("kind", "params", "error", "match"),
     [
         ("nope", {}, InvalidRequest, "unknown job kind 'nope'; known: train, score"),
-        ("flags", {}, InvalidRequest, "has no worker yet"),
+        ("flags", {}, InvalidRequest, "needs parameter.*models"),
+        ("flags", {"models": "champion"}, NotFound, "reference 'champion'"),
+        ("study", {"model": "7", "split": "main"}, NotFound, "unknown model reference '7'"),
+        ("study", {"split": "main"}, InvalidRequest, "needs parameter.*model"),
         ("selftest", {"colour": "red"}, InvalidRequest, "unknown parameter.*colour"),
         ("selftest", {"seconds": "soon"}, InvalidRequest, "seconds='soon' is not a number"),
         ("selftest", {"mode": "explode"}, InvalidRequest, "unknown mode 'explode'"),

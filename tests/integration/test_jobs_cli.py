@@ -44,7 +44,7 @@ def test_jobs_cli_with_a_real_worker_on_the_embedded_defaults(
 ) -> None:
     code, _, err = run("jobs", "submit", "nope")
     assert code == 1 and err.strip() == "error: unknown job kind 'nope'; known: train, " + (
-        "score, evaluate, ensemble, retrain, selftest"
+        "score, evaluate, ensemble, retrain, study, flags, selftest"
     )
     code, _, err = run("jobs", "submit", "selftest", "--param", "mode")
     assert code == 1 and "expected NAME=VALUE" in err

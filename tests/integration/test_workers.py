@@ -332,7 +332,7 @@ def test_sigkill_mid_score_job_then_a_new_worker_finishes_it_once(
     import torch
 
     from her2ops.pipelines.train import train_model
-    from her2ops.platform.schema import Core, Prediction
+    from her2ops.platform.schema import Core, Prediction, ReviewItem
     from her2ops.platform.splits import patient_partitions
     from tests.factories import curate_synthetic
 
@@ -386,6 +386,31 @@ def test_sigkill_mid_score_job_then_a_new_worker_finishes_it_once(
     # the second attempt skipped what the first committed and scored the rest
     assert view["result"]["already_scored"] == at_kill
     assert view["result"]["scored"] == len(targets) - at_kill
+
+    # the loop's next steps as jobs on the cpu queue: flag the scored cores for review, and the
+    # N/k study of the same model (small M and draws: this is about the job, not the figures)
+    flags = use.submit_job(actor="eng", kind="flags", params={"models": "challenger", "top": "3"})
+    assert flags["params"]["models"] == ["1"]
+    study = use.submit_job(
+        actor="eng",
+        kind="study",
+        params={
+            "model": "challenger",
+            "split": "main",
+            "study_sets": "20",
+            "study_draws": "50",
+            "n_sets": "4",
+            "top_k": "2",
+        },
+    )
+    flags = wait_for(flags["id"], ended, timeout=120)
+    assert flags["status"] == "succeeded", flags["error_detail"]
+    assert flags["result"]["flagged"] > 0 and 0 < flags["result"]["added"] <= 3
+    with session_scope() as s:
+        assert s.scalar(select(func.count()).select_from(ReviewItem)) == flags["result"]["added"]
+    study = wait_for(study["id"], ended, timeout=240)
+    assert study["status"] == "succeeded", study["error_detail"]
+    assert study["result"]["study"], study["result"]
 
 
 @PG

@@ -37,7 +37,7 @@ from her2ops.platform.splits import get_split
 from her2ops.profiles import get_profile
 
 #: Kinds the table knows but no worker runs yet (submit refuses them with this message).
-PLANNED = ("study", "flags")
+PLANNED: tuple[str, ...] = ()
 #: The job a runner is working on (set by ``pipelines.jobs.run_job``), for kinds that fan out.
 CURRENT_JOB: ContextVar[Claim] = ContextVar("her2ops_current_job")
 
@@ -420,6 +420,8 @@ _PROTOCOL = {
     "device": STR("torch device (default: HER2OPS_DEVICE, else cuda if present)"),
 }
 
+_STUDY_PARAMS = ("split", "partition", "study_sets", "study_draws", "study_replace")
+
 #: Which model a score or evaluate job uses: a registered version, or an ensemble job's members.
 _MODEL_OR_ENSEMBLE = {
     "model": STR("champion, challenger, a version or a run id"),
@@ -523,6 +525,87 @@ KINDS["retrain"] = JobKind(
     run=_run_retrain,
     permission="models.train",
 )
+
+def _validate_study(session: Session, actor: str | None, p: dict[str, Any]) -> dict[str, Any]:
+    if "ensemble" in p:
+        raise InvalidRequest("the N/k study runs on a single model, not an ensemble")
+    return _validate_evaluate(session, actor, p)
+
+
+def _run_study(actor: str | None, p: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    """The N/k study of one model on a split's partition (evaluate with its study)."""
+    return _run_evaluate(actor, {**p, "study": True}, progress)
+
+
+KINDS["study"] = JobKind(
+    name="study",
+    params={
+        "model": STR("champion, challenger, a version or a run id"),
+        **{k: v for k, v in KINDS["evaluate"].params.items() if k in _STUDY_PARAMS},
+        **_PROTOCOL,
+    },
+    required=("model", "split"),
+    validate=_validate_study,
+    run=_run_study,
+    permission="models.score",
+)
+
+
+def _validate_flags(session: Session, actor: str | None, p: dict[str, Any]) -> dict[str, Any]:
+    from her2ops.pipelines.review import LABEL_METHODS
+    from her2ops.platform.schema import REVIEW_MODES
+
+    require(session, actor, "review.enqueue")
+    name = get_settings().registered_model_name
+    p["models"] = [str(resolve_ref(session, str(r), name=name).version) for r in p["models"]]
+    if not p["models"]:
+        raise InvalidRequest("name at least one model (models=REF[,REF...])")
+    p.setdefault("mode", "blinded")
+    p.setdefault("label_method", "rule")
+    p.setdefault("votes_needed", 1)
+    if p["mode"] not in REVIEW_MODES:
+        raise InvalidRequest(f"unknown review mode {p['mode']!r}; use {', '.join(REVIEW_MODES)}")
+    if p["label_method"] not in LABEL_METHODS:
+        raise InvalidRequest(
+            f"unknown label method {p['label_method']!r}; use {', '.join(LABEL_METHODS)}"
+        )
+    _check_range(p, "top", 1)
+    _check_range(p, "votes_needed", 1)
+    return p
+
+
+def _run_flags(actor: str | None, p: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    """Flag the cores the model(s) scored and queue the top ones for review."""
+    from her2ops.pipelines.review import build_queue
+
+    progress(0, 1, "flagging scored cores")
+    out = build_queue(
+        actor=actor,
+        model_ref=p["models"],
+        top=p.get("top"),
+        mode=p["mode"],
+        votes_needed=p["votes_needed"],
+        label_method=p["label_method"],
+    )
+    progress(1, 1, f"queued {out.get('added', 0)}")
+    return dict(_plain(out))
+
+
+KINDS["flags"] = JobKind(
+    name="flags",
+    params={
+        "models": LIST("model REF(s); several make a committee (the first is primary)"),
+        "top": INT("queue at most this many items"),
+        "mode": STR("blinded (default) or adjudication"),
+        "votes_needed": INT("review votes per item (default 1)"),
+        "label_method": STR("rule (default) or cleanlab"),
+    },
+    required=("models",),
+    validate=_validate_flags,
+    run=_run_flags,
+    permission="review.enqueue",
+)
+
 
 SELFTEST = JobKind(
     name="selftest",
