@@ -49,6 +49,9 @@ def test_background_flags_submit_jobs(db_url: str, monkeypatch: pytest.MonkeyPat
     assert code == 0, err
     ens = use.list_jobs(actor="eng", kind="ensemble")
     assert len(ens) == 1 and ens[0]["params"]["members"] == 3
+    assert ens[0]["params"]["resample"] == "bootstrap"  # members resample the train patients
+    code, _, err = run("train", "--split", "main", "--ensemble", "2", "--resample", "jackknife")
+    assert code == 1 and "unknown resample 'jackknife'; use one of none, bootstrap, kfold" in err
 
     code, _, err = run("score", "--model", "champion", "--core", "Q0000-0", "--background")
     assert code == 1 and "unknown model reference 'champion'" in err
