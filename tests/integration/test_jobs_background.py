@@ -44,6 +44,9 @@ def test_background_flags_submit_jobs(db_url: str, monkeypatch: pytest.MonkeyPat
                          "-p", "epochs=1", "--json")  # fmt: skip
     assert code == 0, err
     assert json.loads(out)["id"] == view["id"] and not json.loads(out)["created"]
+    code, out, err = run("train", "--split", "main", "--profile", "test", "--epochs", "1",
+                         "--resample", "none", "--background")  # fmt: skip
+    assert code == 0 and f"job {view['id']} (train) already submitted" in out, err
 
     code, out, err = run("train", "--split", "main", "--profile", "test", "--ensemble", "3")
     assert code == 0, err

@@ -77,6 +77,15 @@ def test_member_failure_fails_the_ensemble_and_cancel_cascades(
 
     with pytest.raises(Exception, match="unknown resample 'jackknife'; use one of none,"):
         _ensemble(resample="jackknife")
+    # a train job's resample: checked, and written out in full (the same work, the same key)
+    train = {"split": "main", "profile": "test", "epochs": "1"}
+    with pytest.raises(Exception, match="member=5 is out of range for 2 member"):
+        use.submit_job(actor="eng", kind="train", params={**train, "member": "5", "members": "2"})
+    one = use.submit_job(actor="eng", kind="train", params={**train, "resample": "bootstrap"})
+    same = {**train, "resample": "bootstrap", "member": "0", "members": "1", "resample_seed": "0"}
+    assert use.submit_job(actor="eng", kind="train", params=same)["id"] == one["id"]
+    assert one["params"]["members"] == 1 and one["params"]["resample_seed"] == 0
+    use.cancel_job(actor="eng", job_id=one["id"])
     with pytest.raises(Exception, match="kfold resample into 40 folds needs at least 40"):
         _ensemble(members="40", resample="kfold")
     other = _ensemble(seed="10", resample="kfold")["id"]

@@ -175,14 +175,21 @@ def _validate_train(session: Session, actor: str | None, p: dict[str, Any]) -> d
     from her2ops.pipelines.resample import check_resample
 
     _validate_training(session, p)
-    if any(name in p for name in ("resample", "member", "members", "resample_seed")):
+    names = ("resample", "member", "members", "resample_seed")
+    if any(name in p for name in names):
         plan = check_resample(
             p.get("resample", "none"),
             p.get("member", 0),
             p.get("members", 1),
-            p.get("resample_seed", p.get("seed", 0)),
+            p.get("resample_seed", p["seed"]),
         )
         _check_resamples(session, p["split"], [plan])
+        # the same work, the same key: no resample is no parameters, any other all four
+        if (plan.mode, plan.member, plan.members) == ("none", 0, 1):
+            for name in names:
+                p.pop(name, None)
+        else:
+            p.update(zip(names, (plan.mode, plan.member, plan.members, plan.seed), strict=True))
     return p
 
 
