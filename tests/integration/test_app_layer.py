@@ -111,6 +111,13 @@ def test_refused_requests_write_nothing(db_url: str, synthetic: Path) -> None:
         train_mod.train_model(
             actor="eng", split="main", profile_name="test", epochs=1, resume_run="nope"
         )
+    for kw, refusal in (
+        ({"resample": "jackknife"}, "unknown resample 'jackknife'"),
+        ({"resample": "bootstrap", "member": 2, "members": 2}, "member=2 is out of range"),
+        ({"resample": "kfold", "member": 0, "members": 40}, "needs at least 40 training pat"),
+    ):
+        with pytest.raises(InvalidRequest, match=refusal):
+            train_mod.train_model(actor="eng", split="main", profile_name="test", epochs=1, **kw)
     with session_scope() as s:
         from her2ops.platform.schema import Split
 

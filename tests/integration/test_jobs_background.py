@@ -44,11 +44,17 @@ def test_background_flags_submit_jobs(db_url: str, monkeypatch: pytest.MonkeyPat
                          "-p", "epochs=1", "--json")  # fmt: skip
     assert code == 0, err
     assert json.loads(out)["id"] == view["id"] and not json.loads(out)["created"]
+    code, out, err = run("train", "--split", "main", "--profile", "test", "--epochs", "1",
+                         "--resample", "none", "--background")  # fmt: skip
+    assert code == 0 and f"job {view['id']} (train) already submitted" in out, err
 
     code, out, err = run("train", "--split", "main", "--profile", "test", "--ensemble", "3")
     assert code == 0, err
     ens = use.list_jobs(actor="eng", kind="ensemble")
     assert len(ens) == 1 and ens[0]["params"]["members"] == 3
+    assert ens[0]["params"]["resample"] == "bootstrap"  # members resample the train patients
+    code, _, err = run("train", "--split", "main", "--ensemble", "2", "--resample", "jackknife")
+    assert code == 1 and "unknown resample 'jackknife'; use one of none, bootstrap, kfold" in err
 
     code, _, err = run("score", "--model", "champion", "--core", "Q0000-0", "--background")
     assert code == 1 and "unknown model reference 'champion'" in err

@@ -54,6 +54,14 @@ def test_member_failure_fails_the_ensemble_and_cancel_cascades(
     assert view["progress"]["message"] == "0/2 members trained"
     members = _members(parent)
     assert [m["params"]["seed"] for m in members] == [0, 1]
+    # each member is one of the ensemble's bootstrap resamples of the training patients
+    assert [(m["params"]["resample"], m["params"]["member"], m["params"]["members"],
+             m["params"]["resample_seed"]) for m in members] == [
+        ("bootstrap", 0, 2, 0), ("bootstrap", 1, 2, 0)]  # fmt: skip
+    assert [m["key"] for m in members] == [
+        f"ensemble:{parent}:member:{i}:resample:bootstrap" for i in (0, 1)
+    ]
+    assert _ensemble(resample="bootstrap")["id"] == parent  # the default, spelled out
     assert {m["kind"] for m in members} == {"train"} and {m["queue"] for m in members} == {"gpu"}
     assert use.run_job(parent, worker="cpu-1") == "skipped"  # not due yet
     with session_scope() as s:
@@ -67,8 +75,23 @@ def test_member_failure_fails_the_ensemble_and_cancel_cascades(
     error = use.show_job(actor="eng", job_id=parent)["error"]
     assert f"member job {members[0]['id']} cancelled" in error
 
-    other = _ensemble(seed="10")["id"]
+    with pytest.raises(Exception, match="unknown resample 'jackknife'; use one of none,"):
+        _ensemble(resample="jackknife")
+    # a train job's resample: checked, and written out in full (the same work, the same key)
+    train = {"split": "main", "profile": "test", "epochs": "1"}
+    with pytest.raises(Exception, match="member=5 is out of range for 2 member"):
+        use.submit_job(actor="eng", kind="train", params={**train, "member": "5", "members": "2"})
+    one = use.submit_job(actor="eng", kind="train", params={**train, "resample": "bootstrap"})
+    same = {**train, "resample": "bootstrap", "member": "0", "members": "1", "resample_seed": "0"}
+    assert use.submit_job(actor="eng", kind="train", params=same)["id"] == one["id"]
+    assert one["params"]["members"] == 1 and one["params"]["resample_seed"] == 0
+    use.cancel_job(actor="eng", job_id=one["id"])
+    with pytest.raises(Exception, match="kfold resample into 40 folds needs at least 40"):
+        _ensemble(members="40", resample="kfold")
+    other = _ensemble(seed="10", resample="kfold")["id"]
     assert use.run_job(other, worker="cpu-1") == "deferred"
+    assert [(m["params"]["resample"], m["params"]["member"], m["params"]["resample_seed"])
+            for m in _members(other)] == [("kfold", 0, 10), ("kfold", 1, 10)]  # fmt: skip
     assert use.cancel_job(actor="eng", job_id=other)["status"] == "cancelled"
     assert {m["status"] for m in _members(other)} == {"cancelled"}
 
@@ -95,6 +118,32 @@ def test_ensemble_trains_its_members_and_names_their_versions(db_url: str, synth
     members = view["result"]["members"]
     assert sorted(m["version"] for m in members) == [1, 2]
     assert [m["seed"] for m in members] == [0, 1] and len({m["run_id"] for m in members}) == 2
+
+    # the members trained on different bootstrap resamples of the training patients: what each
+    # recorded (job result, MLflow params) is the draw the resampler makes for it
+    from her2ops.pipelines.resample import check_resample, resample_training
+    from her2ops.pipelines.runtime import get_runtime
+    from her2ops.platform.labels import label_snapshot
+
+    assert view["result"]["resample"] == "bootstrap"
+    recorded = [m["resample"] for m in members]
+    assert [(r["mode"], r["member"], r["members"]) for r in recorded] == [
+        ("bootstrap", 0, 2),
+        ("bootstrap", 1, 2),
+    ]
+    assert recorded[0]["patients_hash"] != recorded[1]["patients_hash"]
+    with session_scope() as s:
+        snapshot, _ = label_snapshot(s, "main")
+    train = [i for i in snapshot if i.partition == "train"]
+    n_patients = len({i.patient for i in train})
+    for m, r in zip(members, recorded, strict=True):
+        draw = resample_training(train, check_resample("bootstrap", r["member"], 2, seed=0))
+        assert r["patients_hash"] == draw.patients_hash and r["patients"] == n_patients
+        assert r["distinct_patients"] == len(set(draw.patients)) < n_patients
+        params = get_runtime().tracking.run_params(m["run_id"])
+        assert params["resample"] == "bootstrap" and params["resample_member"] == str(r["member"])
+        assert params["train_patients_hash"] == r["patients_hash"]
+        assert params["n_train"] == str(r["cores"]) == str(len(draw.cores))
 
     # scoring with the ensemble: each member's predictions, then the ensemble's, per rule
     import numpy as np

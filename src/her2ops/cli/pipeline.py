@@ -46,6 +46,13 @@ def train(
         int | None,
         typer.Option(help="Train K members (seeds S..S+K-1) as jobs, registered as one ensemble."),
     ] = None,
+    resample: Annotated[
+        str | None,
+        typer.Option(
+            help="Training patients of each member: bootstrap (the default with --ensemble), "
+            "kfold (member m leaves out fold m of K) or none (default without --ensemble)."
+        ),
+    ] = None,
     pad_small: PadSmallOpt = False,
     background: BackgroundOpt = False,
     json_out: JsonOpt = False,
@@ -60,6 +67,8 @@ def train(
     }
     if pad_small:
         params["pad_small"] = True
+    if resample is not None:
+        params["resample"] = resample
     if ensemble is not None:
         submit_in_background("ensemble", {**params, "members": ensemble}, json_out=json_out)
         return
@@ -79,6 +88,7 @@ def train(
             seed=seed,
             device=device,
             pad_small=pad_small,
+            resample=resample or "none",
             progress=bar,
         )
     if out.version < 0:
@@ -94,6 +104,12 @@ def train(
         f"{out.best_val_loss:.4f}, {out.n_train} train / {out.n_val} val cores, "
         f"{out.skipped} set(s) skipped, {out.seconds:.0f} s"
     )
+    if out.resample.get("mode", "none") != "none":
+        r = out.resample
+        typer.echo(
+            f"trained on a {r['mode']} resample: {r['patients']} patient draw(s), "
+            f"{r['distinct_patients']} distinct, patients hash {r['patients_hash'][:12]}"
+        )
 
 
 @app.command("score")

@@ -33,11 +33,15 @@ from her2ops.scores import NUM_CLASSES, SCORE_LABELS
 
 @dataclass(frozen=True)
 class LabelledCore:
-    """One row of a label snapshot: the core, where its image lives, its consensus label."""
+    """One row of a label snapshot: the core, where its image lives, its consensus label.
+
+    ``copy`` numbers the repeats of a core in a bootstrap resample (its patient drawn more than
+    once): each copy gets its own training set stream."""
 
     core: str
     sha256: str
     label: int
+    copy: int = 0
 
 
 SampleFn = Callable[[LabelledCore, int, int], np.ndarray]
@@ -119,7 +123,9 @@ class PSSDataset(Dataset[tuple[torch.Tensor, int] | Skipped]):
         set_index = index % self.sets_per_core
         key = core_key(item.core)
         if self.train:
-            seed = derive_seed(self.seed, _TRAIN, self.epoch, key)
+            # copy 0 keeps the seeds of a run without repeats; a repeat mixes its number in
+            extra = (item.copy,) if item.copy else ()
+            seed = derive_seed(self.seed, _TRAIN, self.epoch, key, *extra)
         else:
             seed = derive_seed(self.seed, _VAL, key)
         try:

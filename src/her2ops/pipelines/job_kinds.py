@@ -147,7 +147,8 @@ def _check_protocol(params: dict[str, Any], profile_name: str) -> None:
     check_protocol(params["n_sets"], params["top_k"], params["confidence"])
 
 
-def _validate_train(session: Session, actor: str | None, p: dict[str, Any]) -> dict[str, Any]:
+def _validate_training(session: Session, p: dict[str, Any]) -> None:
+    """What every training kind checks: split, profile, epochs."""
     get_split(session, p["split"])
     p.setdefault("profile", "paper")
     p.setdefault("seed", 0)  # the default made explicit: the same work, the same key
@@ -156,6 +157,39 @@ def _validate_train(session: Session, actor: str | None, p: dict[str, Any]) -> d
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from None
     _check_range(p, "epochs", 1)
+
+
+def _check_resamples(session: Session, split: str, plans: list[Any]) -> None:
+    """Draw each plan over the split's training patients now: a resample that leaves a class
+    without training cores is refused at submit time, naming the member and the class."""
+    from her2ops.pipelines.resample import resample_training
+
+    snapshot, _ = label_snapshot(session, split)
+    train = [i for i in snapshot if i.partition == "train"]
+    for plan in plans:
+        if plan.mode != "none":
+            resample_training(train, plan)
+
+
+def _validate_train(session: Session, actor: str | None, p: dict[str, Any]) -> dict[str, Any]:
+    from her2ops.pipelines.resample import check_resample
+
+    _validate_training(session, p)
+    names = ("resample", "member", "members", "resample_seed")
+    if any(name in p for name in names):
+        plan = check_resample(
+            p.get("resample", "none"),
+            p.get("member", 0),
+            p.get("members", 1),
+            p.get("resample_seed", p["seed"]),
+        )
+        _check_resamples(session, p["split"], [plan])
+        # the same work, the same key: no resample is no parameters, any other all four
+        if (plan.mode, plan.member, plan.members) == ("none", 0, 1):
+            for name in names:
+                p.pop(name, None)
+        else:
+            p.update(zip(names, (plan.mode, plan.member, plan.members, plan.seed), strict=True))
     return p
 
 
@@ -226,10 +260,16 @@ def _validate_evaluate(session: Session, actor: str | None, p: dict[str, Any]) -
 
 
 def _validate_ensemble(session: Session, actor: str | None, p: dict[str, Any]) -> dict[str, Any]:
+    from her2ops.pipelines.resample import MAX_MEMBERS, check_resample
+
     require(session, actor, "models.train")  # it submits training jobs
-    p = _validate_train(session, actor, p)
-    if not 2 <= p["members"] <= 50:
-        raise InvalidRequest(f"members={p['members']}: an ensemble has 2 to 50 members")
+    _validate_training(session, p)
+    if not 2 <= p["members"] <= MAX_MEMBERS:
+        raise InvalidRequest(f"members={p['members']}: an ensemble has 2 to {MAX_MEMBERS} members")
+    p.setdefault("resample", "bootstrap")
+    seed = p.get("seed", 0)
+    plans = [check_resample(p["resample"], m, p["members"], seed) for m in range(p["members"])]
+    _check_resamples(session, p["split"], plans)
     return p
 
 
@@ -259,6 +299,10 @@ def _run_train(actor: str | None, p: dict[str, Any], progress: Progress) -> dict
         seed=p.get("seed", 0),
         device=p.get("device"),
         pad_small=bool(p.get("pad_small", False)),
+        resample=p.get("resample", "none"),
+        member=p.get("member", 0),
+        members=p.get("members", 1),
+        resample_seed=p.get("resample_seed"),
         progress=progress,
     )
     result = _plain(out.to_dict())
@@ -349,8 +393,9 @@ def _run_evaluate(actor: str | None, p: dict[str, Any], progress: Progress) -> d
 
 
 def _run_ensemble(actor: str | None, p: dict[str, Any], progress: Progress) -> dict[str, Any]:
-    """Fan out one training job per member (seeds ``seed + i``), then wait for them without
-    holding a worker: each look that finds members still training defers this job.
+    """Fan out one training job per member (seeds ``seed + i``; member ``i`` of the ensemble's
+    patient resample, drawn from the ensemble's ``seed``), then wait for them without holding a
+    worker: each look that finds members still training defers this job.
     """
     from her2ops.pipelines.jobs import submit_job
 
@@ -358,13 +403,20 @@ def _run_ensemble(actor: str | None, p: dict[str, Any], progress: Progress) -> d
     k = p["members"]
     with get_runtime().session() as s:
         members = children(s, claim.job_id)
+    # A row submitted before members were resampled has no "resample": its members (and keys)
+    # stay as they were, so a crash mid fan-out cannot duplicate them.
+    mode = p.get("resample")
     if len(members) < k:  # first run (or a crash mid fan-out): the keys make this idempotent
         for i in range(k):
             params = {name: p[name] for name in ("split", "profile", "epochs", "device")
                       if p.get(name) is not None}  # fmt: skip
             params["seed"] = p.get("seed", 0) + i
+            key = f"ensemble:{claim.job_id}:member:{i}"
+            if mode is not None:
+                params.update(resample=mode, member=i, members=k, resample_seed=p.get("seed", 0))
+                key += f":resample:{mode}"
             submit_job(actor=actor, kind="train", params=params, parent_id=claim.job_id,
-                       key=f"ensemble:{claim.job_id}:member:{i}")  # fmt: skip
+                       key=key)  # fmt: skip
         raise Deferred(_ensemble_poll(), (0, k, f"0/{k} members trained"))
     bad = [m for m in members if m.status in ("failed", "cancelled")]
     if bad:
@@ -380,12 +432,14 @@ def _run_ensemble(actor: str | None, p: dict[str, Any], progress: Progress) -> d
     return {
         "split": p["split"],
         "profile": p["profile"],
+        "resample": mode or "none",
         "members": [
             {
                 "job": m.id,
                 "version": v.get("version"),
                 "run_id": v.get("run_id"),
                 "seed": m.params.get("seed"),
+                "resample": v.get("resample") or {"mode": "none"},
             }
             for m, v in zip(members, versions, strict=True)
         ],
@@ -440,6 +494,10 @@ KINDS: dict[str, JobKind] = {
             "seed": INT("seed (default 0)"),
             "device": STR("torch device"),
             "pad_small": BOOL("pad levels smaller than a patch with white"),
+            "resample": STR("training patients: none (default), bootstrap or kfold"),
+            "member": INT("which resample: member M (0-based) of members (default 0)"),
+            "members": INT("members the resample is drawn for; kfold: the folds (default 1)"),
+            "resample_seed": INT("seed of the patient resample (default: seed)"),
         },
         required=("split",),
         validate=_validate_train,
@@ -486,6 +544,7 @@ KINDS: dict[str, JobKind] = {
             "epochs": INT("override the profile's epochs"),
             "seed": INT("seed of the first member; member i uses seed + i"),
             "device": STR("torch device"),
+            "resample": STR("members' training patients: bootstrap (default), kfold or none"),
         },
         required=("split", "members"),
         validate=_validate_ensemble,

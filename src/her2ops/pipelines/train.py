@@ -1,7 +1,9 @@
 """Train a DenseNet PSS model on a split, track it in MLflow and register the version.
 
-Flow: label snapshot of the split (train + val partitions) -> split frozen -> MLflow run with
-params (profile, PSS geometry, recipe, split, snapshot hash, code version) -> ``fit`` with
+Flow: label snapshot of the split (train + val partitions) -> the training patients (all of them,
+or an ensemble member's bootstrap / k-fold resample, ``pipelines.resample``) -> split frozen ->
+MLflow run with params (profile, PSS geometry, recipe, split, snapshot hash, resample, code
+version) -> ``fit`` with
 per-epoch metrics logged in one batch per epoch -> curves and validation confusion matrix as
 PNG artefacts -> model logged with ``mlflow.pytorch`` (plus the weights-only file that scoring
 loads) and registered with alias ``challenger`` -> a ``model_versions`` row with the lineage.
@@ -27,6 +29,7 @@ import torch.distributed as dist
 from her2ops.errors import InvalidRequest
 from her2ops.models.distributed import setup_distributed
 from her2ops.pipelines.progress import Progress, no_progress, track
+from her2ops.pipelines.resample import TrainingSample, check_resample, resample_training
 from her2ops.pipelines.runtime import Runtime, get_runtime
 from her2ops.platform import audit
 from her2ops.platform.access import require
@@ -57,6 +60,7 @@ class TrainOutcome:
     skipped: int
     seconds: float
     history: list[dict[str, float]]
+    resample: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -106,6 +110,12 @@ def _items(snapshot: list[SnapshotItem], partition: str) -> list[Any]:
     return [LabelledCore(i.core, i.sha256, i.label) for i in snapshot if i.partition == partition]
 
 
+def _training_items(sample: TrainingSample) -> list[Any]:
+    from her2ops.models.data import LabelledCore
+
+    return [LabelledCore(i.core, i.sha256, i.label, copy) for i, copy in sample.cores]
+
+
 def train_model(
     *,
     actor: str | None,
@@ -116,10 +126,17 @@ def train_model(
     seed: int = 0,
     device: str | None = None,
     pad_small: bool = False,
+    resample: str = "none",
+    member: int = 0,
+    members: int = 1,
+    resample_seed: int | None = None,
     progress: Progress = no_progress,
 ) -> TrainOutcome:
     """Train, log, register. ``resume_run`` continues a killed run from its last checkpoint.
 
+    ``resample`` (``none``, ``bootstrap`` or ``kfold``) picks the training patients of ensemble
+    member ``member`` of ``members`` (``pipelines.resample``), drawn from ``resample_seed``
+    (default ``seed``; an ensemble's members share it, so their k folds partition the patients).
     Every argument is checked before anything is written (no frozen split, no MLflow run for a
     request that is then refused).
     """
@@ -130,6 +147,9 @@ def train_model(
     profile: Profile = with_padding(get_profile(profile_name), pad_small)
     if epochs is not None and not 1 <= epochs <= MAX_EPOCHS:
         raise InvalidRequest(f"--epochs must be between 1 and {MAX_EPOCHS}, not {epochs}")
+    plan = check_resample(
+        resample, member, members, seed if resample_seed is None else resample_seed
+    )
     with rt.session() as s:
         require(s, actor, "models.train")
         snapshot, snapshot_hash = label_snapshot(s, split)
@@ -137,7 +157,8 @@ def train_model(
     warnings = geometry_warnings(profile, [i for i in snapshot if i.partition in ("train", "val")])
     for line in warnings:
         log.warning("%s", line)
-    train_items, val_items = _items(snapshot, "train"), _items(snapshot, "val")
+    sample = resample_training([i for i in snapshot if i.partition == "train"], plan)
+    train_items, val_items = _training_items(sample), _items(snapshot, "val")
     try:
         check_label_coverage([i.label for i in train_items])
     except ValueError as exc:
@@ -150,6 +171,12 @@ def train_model(
             raise InvalidRequest(
                 f"run {resume_run} was trained on other labels (snapshot "
                 f"{params.get('label_snapshot_hash')}, now {snapshot_hash})"
+            )
+        trained_on = params.get("train_patients_hash")
+        if trained_on is not None and trained_on != sample.patients_hash:
+            raise InvalidRequest(
+                f"run {resume_run} was trained on other patients ({params.get('resample')} "
+                f"resample); resume it with the resample it started with"
             )
 
     # Under torchrun every rank runs this function: rank 0 owns the MLflow run, the split
@@ -164,6 +191,7 @@ def train_model(
             snapshot_hash,
             train_items,
             val_items,
+            sample.record(),
             epochs=epochs,
             resume_run=resume_run,
             seed=seed,
@@ -186,6 +214,7 @@ def _train(
     snapshot_hash: str,
     train_items: list[Any],
     val_items: list[Any],
+    resampled: dict[str, Any],
     *,
     epochs: int | None,
     resume_run: str | None,
@@ -255,6 +284,14 @@ def _train(
             "early_stopping_patience": cfg.early_stopping_patience,
             "train_sets_per_core": profile.recipe.train_sets_per_core,
             "val_sets_per_core": val_sets,
+            "resample": resampled["mode"],
+            "resample_member": resampled["member"],
+            "resample_members": resampled["members"],
+            "resample_seed": resampled["seed"],
+            "train_patients": resampled["patients"],
+            "train_patients_distinct": resampled["distinct_patients"],
+            "train_patients_hash": resampled["patients_hash"],
+            "resample_attempts": resampled["attempts"],
         }
         tracking.log_params(run_id, params)
 
@@ -310,6 +347,7 @@ def _train(
         skipped=result.skipped,
         seconds=seconds,
         history=result.history,
+        resample=resampled,
     )
 
 

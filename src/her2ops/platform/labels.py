@@ -113,6 +113,7 @@ class SnapshotItem:
     partition: str
     width: int = 0
     height: int = 0
+    patient: str = ""  # the patient's code (ensembles resample training patients)
 
 
 def label_snapshot(session: Session, split: str) -> tuple[list[SnapshotItem], str]:
@@ -131,8 +132,10 @@ def label_snapshot(session: Session, split: str) -> tuple[list[SnapshotItem], st
             ConsensusLabel.score,
             Core.width,
             Core.height,
+            Patient.code,
         )
         .join(ConsensusLabel, ConsensusLabel.core_id == Core.id)
+        .join(Patient, Patient.id == Core.patient_id)
         .where(
             ConsensusLabel.is_current.is_(True),
             ConsensusLabel.status.in_(LABELLED_STATUSES),
@@ -140,8 +143,8 @@ def label_snapshot(session: Session, split: str) -> tuple[list[SnapshotItem], st
         .order_by(Core.code)
     )
     items = [
-        SnapshotItem(code, sha, loc or "", int(score), parts[pid], w, h)
-        for code, sha, loc, pid, score, w, h in session.execute(q)
+        SnapshotItem(code, sha, loc or "", int(score), parts[pid], w, h, patient)
+        for code, sha, loc, pid, score, w, h, patient in session.execute(q)
         if pid in parts and score is not None
     ]
     digest = hashlib.sha256(
