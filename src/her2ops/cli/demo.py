@@ -190,9 +190,9 @@ def main() -> None:
                 "--wait",
                 user="eng",
             )
+            _active_learning()
             her2ops("jobs", "list", user="eng")
         print("worker stopped")
-        _active_learning()
     her2ops("labels", "export", "--split", "main", "--out", ROOT / "labels.csv", user="lab")
 
     banner("Done")
@@ -230,7 +230,21 @@ def _active_learning() -> None:
     banner("10. Active learning: flag what the champion is unsure of or contradicts, review it")
     print("(the evaluation above scored the test partition: its patients are out of sample, so")
     print(" a confident prediction that contradicts the consensus marks a possible label error)")
-    her2ops("review", "build", "--model", "champion", "--top", 20, "--votes", 3, user="eng")
+    print("(as a 'flags' job on the worker; the same as: her2ops review build --model champion)")
+    her2ops(
+        "jobs",
+        "submit",
+        "flags",
+        "-p",
+        "models=champion",
+        "-p",
+        "top=20",
+        "-p",
+        "votes_needed=3",
+        "--wait",
+        user="eng",
+    )
+    her2ops("review", "list", "--status", "open", user="lab")
     with (SYN / "truth.csv").open() as fh:
         truth = {r["core"]: r for r in csv.DictReader(fh)}
     rng = np.random.default_rng(11)

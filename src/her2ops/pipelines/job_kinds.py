@@ -585,6 +585,7 @@ KINDS["retrain"] = JobKind(
     permission="models.train",
 )
 
+
 def _validate_study(session: Session, actor: str | None, p: dict[str, Any]) -> dict[str, Any]:
     if "ensemble" in p:
         raise InvalidRequest("the N/k study runs on a single model, not an ensemble")
@@ -647,6 +648,7 @@ def _run_flags(actor: str | None, p: dict[str, Any], progress: Progress) -> dict
         label_method=p["label_method"],
     )
     progress(1, 1, f"queued {out.get('added', 0)}")
+    out.pop("top", None)  # the queue itself is in the review tables (review list)
     return dict(_plain(out))
 
 
