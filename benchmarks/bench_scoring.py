@@ -56,8 +56,7 @@ def _setup(root: Path, *, cores: int, size: int, profile_name: str) -> None:
     net = build_network(profile)
     weights = save_weights(net, root / "best.pt", profile)
     run_id = rt.tracking.create_run("bench-scoring")
-    rt.tracking.log_artifact(run_id, weights, "weights")
-    version = rt.tracking.register_model(run_id, net.cpu().eval())
+    version = rt.tracking.register_model(run_id, weights, profile=profile.name)
     with rt.session() as s:
         mv = ModelVersion(
             name=rt.settings.registered_model_name,

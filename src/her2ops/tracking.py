@@ -24,6 +24,11 @@ from her2ops.config import Settings
 from her2ops.errors import ConfigError, NotFound
 
 EXPERIMENT = "her2ops"
+#: A run's registered model: one folder holding the weights-only file (the only copy of the
+#: weights in the store) and its ``MLmodel``; registry versions point at this folder.
+MODEL_DIR = "weights"
+WEIGHTS_FILE = "best.pt"
+WEIGHTS_ARTIFACT = f"{MODEL_DIR}/{WEIGHTS_FILE}"
 
 
 class Tracking:
@@ -151,20 +156,47 @@ class Tracking:
 
     # --- registry -------------------------------------------------------------------------
 
-    def register_model(self, run_id: str, net: Any) -> int:
-        """Log the network with ``mlflow.pytorch`` in the run and register it; the version."""
-        import mlflow
+    def register_model(self, run_id: str, weights: Path, *, profile: str) -> int:
+        """Log ``weights`` (a weights-only file) in the run's model folder and register that
+        folder as a new version; the version.
+
+        The weights are stored once: the folder holds the weights file and an ``MLmodel`` that
+        describes it (a ``her2ops`` flavour: which profile, which loader), and the version's
+        source is the run's folder itself (``runs:/<run>/weights``), so the registry adds no
+        copy. Scoring reads that file with ``torch.load(weights_only=True)``.
+        """
+        import tempfile
+
+        from mlflow.exceptions import MlflowException
+        from mlflow.models import Model
 
         self.experiment_id()
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.pytorch.log_model(
-                net,
-                name="model",
-                registered_model_name=self.model_name,
-                serialization_format="pickle",
-                pip_requirements=["torch==2.14.1", "torchvision==0.29.1", "her2ops"],
+        weights = Path(weights)
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            # a link, not a copy: the artefact store copies (or uploads) the file once
+            (folder / WEIGHTS_FILE).symlink_to(weights.resolve())
+            mlmodel = Model(
+                run_id=run_id, artifact_path=MODEL_DIR, model_size_bytes=weights.stat().st_size
             )
-        return int(info.registered_model_version)
+            mlmodel.add_flavor(
+                "her2ops",
+                weights=WEIGHTS_FILE,
+                profile=profile,
+                loader="her2ops.models.network.load_network",
+                code_version=code_version(),
+            )
+            mlmodel.save(str(folder / "MLmodel"))
+            self.client.log_artifacts(run_id, str(folder), artifact_path=MODEL_DIR)
+        try:
+            self.client.create_registered_model(self.model_name)
+        except MlflowException as exc:  # made by an earlier (or a concurrent) registration
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        mv = self.client.create_model_version(
+            self.model_name, source=f"runs:/{run_id}/{MODEL_DIR}", run_id=run_id
+        )
+        return int(mv.version)
 
     def delete_version(self, version: int) -> None:
         self.client.delete_model_version(self.model_name, str(version))

@@ -15,9 +15,9 @@ from sqlalchemy import func, select
 from her2ops.config import get_settings
 from her2ops.pipelines import train as train_mod
 from her2ops.pipelines.evaluate import evaluate_model
-from her2ops.pipelines.models import promote_model
+from her2ops.pipelines.models import list_models, promote_model
 from her2ops.pipelines.runtime import get_runtime
-from her2ops.pipelines.score import score_cores
+from her2ops.pipelines.score import score_cores, weights_path
 from her2ops.platform.db import session_scope
 from her2ops.platform.errors import NotFound
 from her2ops.platform.schema import ModelVersion, Prediction, Split
@@ -28,6 +28,22 @@ from tests.factories import curate_synthetic
 @pytest.fixture(autouse=True)
 def _one_thread() -> None:
     torch.set_num_threads(1)
+
+
+def _holds(path: Path, weights: dict[str, torch.Tensor]) -> bool:
+    """Whether the file holds these tensors (a her2ops weights file or any pickled module)."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:
+        return False
+    state = obj.get("model", obj) if isinstance(obj, dict) else obj
+    if isinstance(state, torch.nn.Module):
+        state = {k.removeprefix("backbone."): v for k, v in state.state_dict().items()}
+    return (
+        isinstance(state, dict)
+        and set(state) == set(weights)
+        and all(torch.equal(state[k], weights[k]) for k in weights)
+    )
 
 
 def test_train_register_score_evaluate(db_url: str, synthetic: Path) -> None:
@@ -47,6 +63,28 @@ def test_train_register_score_evaluate(db_url: str, synthetic: Path) -> None:
     assert {"training/curves.png", "training/val_confusion.png"} <= arts
     mv = client.get_model_version_by_alias("her2-pss", "challenger")
     assert str(mv.version) == "1" and mv.run_id == out.run_id
+    assert mv.source == f"runs:/{out.run_id}/weights"  # registered from the run's own file
+
+    # issue 8 item 13: the store holds the weights once. Every file of the artefact store
+    # larger than half the weights file, and every file whose tensors equal the weights, is
+    # that one file, which scoring reads and the registry version points at.
+    with session_scope() as s:
+        row = s.scalar(select(ModelVersion))
+        assert row is not None
+        one_copy = weights_path(get_runtime(), row)
+    weights = torch.load(one_copy, map_location="cpu", weights_only=True)["model"]
+    root = get_settings().mlflow_artifact_root
+    files = [f for f in root.rglob("*") if f.is_file()]
+    big = [f for f in files if f.stat().st_size > one_copy.stat().st_size / 2]
+    assert big == [one_copy]
+    holding = [f for f in files if f.suffix in (".pt", ".pth", ".pkl") and _holds(f, weights)]
+    assert holding == [one_copy]
+    registered = Path(
+        mlflow.artifacts.download_artifacts("models:/her2-pss/1", dst_path=str(root.parent / "dl"))
+    )
+    assert {"MLmodel", "best.pt"} <= {p.name for p in registered.iterdir()}
+    assert _holds(registered / "best.pt", weights)
+    assert [(m["version"], m["run_id"]) for m in list_models(actor="eng")] == [(1, out.run_id)]
 
     with session_scope() as s:
         row = s.scalar(select(ModelVersion))

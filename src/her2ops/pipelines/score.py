@@ -74,15 +74,18 @@ def check_protocol(n_sets: int, top_k: int, confidence: str) -> None:
 
 
 def weights_path(rt: Runtime, mv: ModelVersion) -> Path:
-    """Local path of the version's weights file: read in place from a local artefact store,
-    downloaded once into DATA_DIR/models from a remote one (an ``mlflow server``)."""
-    local = rt.tracking.local_artifact(mv.run_id, "weights/best.pt")
+    """Local path of the version's weights file (the registered model's only copy of its
+    weights): read in place from a local artefact store, downloaded once into DATA_DIR/models
+    from a remote one (an ``mlflow server``)."""
+    from her2ops.tracking import WEIGHTS_ARTIFACT, WEIGHTS_FILE
+
+    local = rt.tracking.local_artifact(mv.run_id, WEIGHTS_ARTIFACT)
     if local is not None:
         return local
     cache = rt.settings.data_dir / "models" / mv.name / str(mv.version)
-    target = cache / "best.pt"
+    target = cache / WEIGHTS_FILE
     if not target.exists():
-        local = rt.tracking.download_artifact(mv.run_id, "weights/best.pt", cache / "dl")
+        local = rt.tracking.download_artifact(mv.run_id, WEIGHTS_ARTIFACT, cache / "dl")
         local.replace(target)
     return target
 

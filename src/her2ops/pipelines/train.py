@@ -5,8 +5,8 @@ or an ensemble member's bootstrap / k-fold resample, ``pipelines.resample``) -> 
 MLflow run with params (profile, PSS geometry, recipe, split, snapshot hash, resample, code
 version) -> ``fit`` with
 per-epoch metrics logged in one batch per epoch -> curves and validation confusion matrix as
-PNG artefacts -> model logged with ``mlflow.pytorch`` (plus the weights-only file that scoring
-loads) and registered with alias ``challenger`` -> a ``model_versions`` row with the lineage.
+PNG artefacts -> the weights-only file logged once (``weights/best.pt`` with its ``MLmodel``),
+registered from that folder with alias ``challenger`` -> a ``model_versions`` row with the lineage.
 
 Registration is all or nothing: if the database row cannot be written, the MLflow model version
 is deleted again, so there is never a half-registered model.
@@ -407,11 +407,10 @@ def _register(
         (t / "val_metrics.json").write_text(json.dumps(val, indent=2, default=float))
         for f in ("curves.png", "val_confusion.png", "val_metrics.json"):
             tracking.log_artifact(run_id, t / f, "training")
-        tracking.log_artifact(run_id, Path(result.best_checkpoint), "weights")
     tracking.log_metrics(run_id, headline)
 
-    net.cpu().eval()
-    version = tracking.register_model(run_id, net)
+    # The one copy of the weights in MLflow: the version is registered from the run's file.
+    version = tracking.register_model(run_id, Path(result.best_checkpoint), profile=profile.name)
     previous = tracking.alias_version("challenger")
     try:
         tracking.set_alias("challenger", version)
