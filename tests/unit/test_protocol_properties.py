@@ -66,6 +66,17 @@ def test_a_review_vote_replaces_the_voters_initial_vote(
     assert resolve_votes([*votes, review]) == resolve_votes(replaced)
 
 
+@given(votes=initial_votes(), changed=scores, late=scores, who=voters)
+def test_an_initial_vote_recorded_after_the_voters_review_does_not_override_it(
+    votes: list[Vote], changed: HER2Score | None, late: HER2Score | None, who: str
+) -> None:
+    """E.g. a lab manager imports a late batch of first reads after the review round."""
+    others = [v for v in votes if v.voter != who]
+    review = Vote(who, changed, Round.REVIEW, T0 + timedelta(days=1), 99)
+    late_initial = Vote(who, late, Round.INITIAL, T0 + timedelta(days=2), 100)
+    assert resolve_votes([*others, review, late_initial]) == resolve_votes([*others, review])
+
+
 @given(votes=initial_votes(), adjudications=st.lists(scores, min_size=1, max_size=3))
 def test_the_latest_adjudication_decides(
     votes: list[Vote], adjudications: list[HER2Score | None]

@@ -1,10 +1,11 @@
 """The voting protocol of ARCHITECTURE.md, as pure functions (no database).
 
-A pathologist's *effective* vote on a core is their latest vote in the ``initial`` or ``review``
-rounds; the users with an effective vote are the core's *panel*. The latest ``adjudication`` vote,
-if any, decides: a score gives ``adjudicated``, ND gives ``excluded``. Otherwise, with fewer than
-``min_votes`` effective votes the core has ``insufficient_votes``; if the most frequent category
-(ND counts as a category) is unique and has at least ``min_agreement`` votes the core is
+A pathologist's *effective* vote on a core is their latest ``review`` vote, else their
+``initial`` vote (a review outranks an initial read recorded after it); the users with an
+effective vote are the core's *panel*. The latest ``adjudication`` vote, if any, decides: a
+score gives ``adjudicated``, ND gives ``excluded``. Otherwise, with fewer than ``min_votes``
+effective votes the core has ``insufficient_votes``; if the most frequent category (ND counts as
+a category) is unique and has at least ``min_agreement`` votes the core is
 ``agreed`` with that score, or ``excluded`` when that category is ND; otherwise (a tie at the
 top, or no two agree) it ``needs_adjudication``. Only ``agreed`` and ``adjudicated`` cores carry
 a training label.
@@ -75,15 +76,24 @@ class Resolution:
 
 
 def effective_votes(votes: Iterable[Vote]) -> dict[str, HER2Score | None]:
-    """Each voter's latest initial-or-review vote."""
+    """Each voter's latest review vote, else their initial vote.
+
+    A review vote is a second look, so it outranks the voter's initial vote whenever that was
+    recorded: an initial read imported late (after the voter reviewed the core) does not
+    override the review. In the usual order (initial, then review) this is simply the latest.
+    """
     latest: dict[str, Vote] = {}
     for v in votes:
         if v.round is Round.ADJUDICATION:
             continue
         cur = latest.get(v.voter)
-        if cur is None or (v.at, v.order) >= (cur.at, cur.order):
+        if cur is None or _rank(v) >= _rank(cur):
             latest[v.voter] = v
     return {voter: v.score for voter, v in latest.items()}
+
+
+def _rank(v: Vote) -> tuple[bool, datetime, int]:
+    return (v.round is Round.REVIEW, v.at, v.order)
 
 
 def panel(votes: Iterable[Vote]) -> set[str]:
