@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
+from typer.testing import CliRunner
 
+from her2ops.cli import app
 from her2ops.config import get_settings
 from her2ops.pipelines import admin
 from her2ops.platform import auth, migrate
@@ -221,6 +223,18 @@ def test_passwords_and_tokens(db_url: str, tmp_path: Path, monkeypatch: pytest.M
         auth.resolve_actor(s, "boss", saved[1])  # a new password ends the old token
     with pytest.raises(PermissionDenied, match="wrong user name or password"):
         admin.login(username="boss", password="correct horse")
+
+    # `her2ops logout` ends the token in the database and removes the file
+    admin.login(username="boss", password="battery staple")
+    saved = admin.read_token_file()
+    assert saved is not None
+    result = CliRunner().invoke(app, ["logout"])
+    assert result.exit_code == 0 and "logged out" in result.stdout, result.stderr
+    assert admin.read_token_file() is None
+    with session_scope() as s, pytest.raises(PermissionDenied):
+        auth.resolve_actor(s, "boss", saved[1])
+    result = CliRunner().invoke(app, ["logout"])
+    assert result.exit_code == 0 and "not logged in" in result.stdout
 
 
 # --- 1. destructive commands ------------------------------------------------------------------

@@ -130,6 +130,17 @@ def login_cmd(
     typer.echo(f"logged in as {username}; token in {path}")
 
 
+@app.command("logout")
+def logout_cmd() -> None:
+    """End your personal token: in the database and the token file."""
+    from her2ops.pipelines.admin import logout
+
+    if call(logout):
+        typer.echo("logged out; token ended and its file removed")
+    else:
+        typer.echo("not logged in (no token file)")
+
+
 @users_app.command("list")
 def users_list(json_out: JsonOpt = False) -> None:
     """List users and roles."""
