@@ -73,6 +73,7 @@ def test_jobs_cli_with_a_real_worker_on_the_embedded_defaults(
     assert code == 0 and [v["status"] for v in json.loads(out)] == ["failed", "succeeded"]
     code, out, _ = run("jobs", "show", str(failed_id))
     assert code == 0 and "traceback:" in out and "attempt 1/1" in out
+    assert "  worker: " in out  # which worker failed it
     code, out, _ = run("jobs", "list", "--status", "bogus")
     assert code == 1
     code, _, err = run("jobs", "cancel", str(failed_id))

@@ -62,7 +62,7 @@ def _line(view: dict[str, Any]) -> str:
 
 def _show(view: dict[str, Any]) -> None:
     typer.echo(_line(view))
-    for name in ("queue", "key", "created_by", "created_at", "started_at", "finished_at"):
+    for name in ("queue", "worker", "key", "created_by", "created_at", "started_at", "finished_at"):
         if view.get(name) is not None:
             typer.echo(f"  {name}: {view[name]}")
     if view["seconds"] is not None:
