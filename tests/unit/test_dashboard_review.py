@@ -124,12 +124,13 @@ def test_blinded_item_shows_no_votes_and_no_model_output(world: World) -> None:
     for other in ("p2", "p3", "consensus", "final score", "flagged"):
         assert other not in text, other
     assert not at.dataframe and not at.caption
+    assert "hidden from you" in text  # and the page says so
     # the control: an admin (not blinded) on the same kind of item sees votes and the model
     at = page("admin").button(key="review_next").click().run()
     assert not at.exception, at.exception
     assert at.session_state["review_item"]["blinded"] is False
     text = shown(at)
-    assert "p2" in text and "final score" in text
+    assert "p2" in text and "final score" in text and "hidden from you" not in text
     assert len(at.dataframe) == 2  # votes, KCS sets with their classes
 
 

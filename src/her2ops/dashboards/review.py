@@ -157,8 +157,8 @@ def _show_item(actor: str, item: dict[str, Any]) -> None:
     lease = item.get("claim", {}).get("lease_expires_at")
     st.text(
         f"core {item['core']} · item {item['item']} · round {item['round']} · {item['mode']}"
-        + (" (blinded)" if item["blinded"] else "")
         + f" · votes {item['votes_done']}/{item['votes_needed']}"
+        + (" · other votes and the model's output are hidden from you" if item["blinded"] else "")
     )
     if lease is not None:
         st.text(f"your claim expires at {lease:%H:%M:%S %Z} (renewed on each action)")
