@@ -155,3 +155,20 @@ def test_score_core_runs_protocol_over_all_sets() -> None:
     again = score_core(net, inner, n_sets=7, top_k=3, seed=11, batch_size=7, device="cpu")
     np.testing.assert_allclose(again.set_probs, score.set_probs, rtol=1e-4, atol=1e-6)
     assert score.to_dict()["confidence"] == "margin"
+
+
+def test_predict_sets_takes_channels_last_sets() -> None:
+    """(n, P, H, W, 3) sets, the store sampler's layout, give the channels-first outputs."""
+    profile = get_profile("test")
+    torch.manual_seed(0)
+    net = build_network(profile)
+    first = np.random.default_rng(2).integers(
+        0, 256, (5, profile.pss.channels, 32, 32), dtype=np.uint8
+    )
+    last = np.ascontiguousarray(
+        first.reshape(5, profile.pss.num_patches, 3, 32, 32).transpose(0, 1, 3, 4, 2)
+    )
+    np.testing.assert_array_equal(
+        predict_sets(net, last, batch_size=2, device="cpu"),
+        predict_sets(net, first, batch_size=2, device="cpu"),
+    )

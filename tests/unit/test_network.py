@@ -12,7 +12,9 @@ from torchvision.models import DenseNet
 
 from her2ops.models.network import (
     ARCHITECTURES,
+    batch_to_device,
     build_network,
+    channels_first_view,
     load_network,
     pick_device,
     save_weights,
@@ -149,3 +151,34 @@ def test_memory_efficient_network_computes_the_same() -> None:
     torch.testing.assert_close(out_plain, out_lean)
     out_lean.sum().backward()
     assert lean.backbone.features.conv0.weight.grad is not None
+
+
+def _to_channels_last(sets: torch.Tensor) -> torch.Tensor:
+    """(B, 3P, H, W) -> (B, P, H, W, 3): the store sampler's layout of the same pixels."""
+    b, c, h, w = sets.shape
+    return sets.reshape(b, c // 3, 3, h, w).permute(0, 1, 3, 4, 2).contiguous()
+
+
+def test_a_set_gives_the_same_logits_in_either_layout() -> None:
+    profile = get_profile("test")
+    torch.manual_seed(0)
+    net = build_network(profile).eval()
+    gen = torch.Generator().manual_seed(1)
+    first = torch.randint(
+        0, 256, (3, profile.pss.channels, 32, 32), dtype=torch.uint8, generator=gen
+    )
+    last = _to_channels_last(first)
+    assert last.shape == (3, profile.pss.num_patches, 32, 32, 3)
+    with torch.inference_mode():
+        a = net(first)
+        b = net(batch_to_device(last, torch.device("cpu")))
+    assert torch.equal(a, b)  # the same input tensor reaches the backbone: the same logits
+    # the CUDA arrangement (channels_last memory format) holds the same values
+    cuda_like = channels_first_view(last, profile.pss.num_patches, channels_last=True)
+    assert cuda_like.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(cuda_like, first)
+    assert channels_first_view(last).is_contiguous()  # on the CPU: plain contiguous
+    with pytest.raises(ValueError, match="3 patches given to a network over 7"):
+        net(last[:, :3])
+    with pytest.raises(ValueError, match=r"expected \(batch, patches, size, size, 3\)"):
+        channels_first_view(first.unsqueeze(-1))

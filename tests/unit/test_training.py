@@ -28,7 +28,7 @@ from her2ops.models.data import (
     collate_sets,
 )
 from her2ops.models.inference import score_core
-from her2ops.models.network import load_network
+from her2ops.models.network import build_network, load_network
 from her2ops.models.toyset import ToySampler, toy_items
 from her2ops.models.training import FitConfig, fit
 from her2ops.profiles import get_profile
@@ -81,6 +81,44 @@ def test_augmentation_moves_whole_set_together() -> None:
         assert all(np.array_equal(_dihedral(x[c], matches[0]), y[c]) for c in range(6))
         seen.add(matches[0])
     assert len(seen) >= 6  # flips and rotations both happen
+
+
+def test_augmentation_is_the_same_in_either_layout() -> None:
+    """Augmenting a channels-last set then moving its axes = moving them, then augmenting."""
+    x = np.random.default_rng(0).integers(0, 256, (7, 6, 6, 3), dtype=np.uint8)  # (P, H, W, 3)
+    to_first = lambda a: a.transpose(0, 3, 1, 2).reshape(21, 6, 6)  # noqa: E731
+    seen = set()
+    for s in range(40):
+        last = augment(x, np.random.default_rng(s))
+        first = augment(to_first(x), np.random.default_rng(s))
+        np.testing.assert_array_equal(to_first(last), first)
+        seen.add(last.tobytes())
+    assert len(seen) >= 6  # the transforms did vary
+
+
+def test_dataset_takes_channels_last_sets() -> None:
+    """A sampler of (P, size, size, 3) sets (the store's) feeds training: augmented like the
+    channels-first sets, collated to (B, P, size, size, 3), and the network takes the batch."""
+
+    def last(item: LabelledCore, seed: int, index: int) -> np.ndarray:
+        s = TOY(item, seed, index)
+        return np.ascontiguousarray(s.reshape(-1, 3, *s.shape[1:]).transpose(0, 2, 3, 1))
+
+    items = toy_items(4)
+    for train in (True, False):
+        ref = PSSDataset(items, TOY, train=train, seed=3)
+        got = PSSDataset(items, last, train=train, seed=3)
+        for i in range(len(items)):
+            (a, ya), (b, yb) = ref[i], got[i]  # type: ignore[misc]
+            assert b.shape == (PROFILE.pss.num_patches, 32, 32, 3) and ya == yb
+            assert torch.equal(b.permute(0, 3, 1, 2).reshape(a.shape), a)
+    batch = collate_sets([got[i] for i in range(len(items))])
+    assert batch.x is not None and batch.x.shape == (4, PROFILE.pss.num_patches, 32, 32, 3)
+    torch.manual_seed(0)
+    net = build_network(PROFILE).eval()
+    with torch.inference_mode():
+        ref_x = collate_sets([ref[i] for i in range(len(items))]).x
+        assert torch.equal(net(batch.x), net(ref_x))
 
 
 def _dihedral(a: np.ndarray, t: int) -> np.ndarray:

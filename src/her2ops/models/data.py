@@ -1,9 +1,12 @@
 """Training and validation data: a torch ``Dataset`` of pyramid sampling sets over a label snapshot.
 
-The dataset does not read images itself: a ``sample_fn(item, seed, index) -> (C, H, W) uint8``
-is injected (the store sampler in production, a synthetic one in tests). Every random choice is a
-function of ``(seed, epoch, core, set index)``, never of a global RNG or of which DataLoader worker
-runs it, so an epoch can be replayed exactly after a crash.
+The dataset does not read images itself: a ``sample_fn(item, seed, index)`` returning one uint8
+set is injected (the store sampler in production, a synthetic one in tests). A set is either
+channels-first (3P, H, W) or channels-last (P, H, W, 3) (the store sampler's: no transposes on
+the CPU; the network rearranges it on its device); augmentation handles both alike.
+
+Every random choice is a function of ``(seed, epoch, core, set index)``, never of a global RNG
+or of which DataLoader worker runs it, so an epoch can be replayed exactly after a crash.
 
 - training: a fresh set per access (the sampler seed changes every epoch), then a random flip /
   90-degree rotation applied to the whole set (all patches together);
@@ -25,7 +28,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
 from her2ops.imaging.store import StoreError
 from her2ops.scores import NUM_CLASSES, SCORE_LABELS
@@ -135,23 +138,37 @@ class PSSDataset(Dataset[tuple[torch.Tensor, int] | Skipped]):
         except Exception as exc:
             raise SampleError(f"core {item.core} ({item.sha256}): sampling failed: {exc}") from exc
         arr = np.asarray(arr)
-        if arr.ndim != 3 or arr.dtype != np.uint8 or arr.shape[-1] != arr.shape[-2]:
+        if not is_set(arr):
             raise SampleError(
-                f"core {item.core}: sampler returned {arr.dtype} {arr.shape}, "
-                "expected a (channels, size, size) uint8 set"
+                f"core {item.core}: sampler returned {arr.dtype} {arr.shape}, expected a uint8 "
+                "set, (channels, size, size) or (patches, size, size, 3)"
             )
         if self.train:
             arr = augment(arr, np.random.default_rng(derive_seed(seed, _AUG, set_index)))
         return torch.from_numpy(np.ascontiguousarray(arr)), int(item.label)
 
 
+def is_set(arr: np.ndarray) -> bool:
+    """Whether ``arr`` is one uint8 set: (C, size, size) or channels-last (P, size, size, 3)."""
+    if arr.dtype != np.uint8:
+        return False
+    if arr.ndim == 3:
+        return arr.shape[1] == arr.shape[2]
+    return arr.ndim == 4 and arr.shape[1] == arr.shape[2] and arr.shape[3] == 3
+
+
 def augment(arr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random 90-degree rotation and flips of a (C, H, W) set, the same for every patch."""
-    arr = np.rot90(arr, k=int(rng.integers(4)), axes=(-2, -1))
+    """Random 90-degree rotation and flips of one set, the same for every patch: (C, H, W) or
+    channels-last (P, H, W, 3), whose rows and columns are axes 1 and 2 in both; the same
+    ``rng`` gives the same transform in both layouts."""
+    if arr.ndim not in (3, 4):
+        raise ValueError(f"expected one set, (C, H, W) or (P, H, W, 3), got shape {arr.shape}")
+    rows, cols = 1, 2  # H and W in both layouts
+    arr = np.rot90(arr, k=int(rng.integers(4)), axes=(rows, cols))
     if rng.random() < 0.5:
-        arr = arr[..., ::-1]
+        arr = np.flip(arr, axis=cols)
     if rng.random() < 0.5:
-        arr = arr[..., ::-1, :]
+        arr = np.flip(arr, axis=rows)
     return arr
 
 
@@ -164,6 +181,23 @@ def collate_sets(batch: Sequence[tuple[torch.Tensor, int] | Skipped]) -> SetBatc
     x = torch.stack([b[0] for b in good])
     y = torch.tensor([b[1] for b in good], dtype=torch.long)
     return SetBatch(x, y, skipped)
+
+
+class ShardedStream(IterableDataset[Any]):
+    """An iterable data set over ``items``, each expanded by ``expand(item)`` into the values it
+    yields. Under a DataLoader with workers, item ``i`` goes to worker ``i % num_workers``, so
+    an item's values come from one process, in order (e.g. a core's set batches, drawn under
+    one plan). ``expand`` must be picklable where workers are spawned, not forked."""
+
+    def __init__(self, items: Sequence[Any], expand: Callable[[Any], Iterator[Any]]) -> None:
+        self.items = list(items)
+        self.expand = expand
+
+    def __iter__(self) -> Iterator[Any]:
+        info = get_worker_info()
+        mine = self.items if info is None else self.items[info.id :: info.num_workers]
+        for item in mine:
+            yield from self.expand(item)
 
 
 def check_label_coverage(labels: Sequence[int], num_classes: int = NUM_CLASSES) -> None:

@@ -106,7 +106,8 @@ def predict_sets(
     batch_size: int = 12,
     device: torch.device | str | None = None,
 ) -> np.ndarray:
-    """Softmax outputs ``(n, 4)`` (float32) for ``(n, C, H, W)`` uint8 sets, in batches."""
+    """Softmax outputs ``(n, 4)`` (float32) for ``n`` uint8 sets, in batches: (n, 3P, H, W)
+    channels-first or (n, P, H, W, 3) channels-last (rearranged on the device, by the network)."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.eval()
     x_all = torch.as_tensor(sets)
@@ -150,9 +151,10 @@ def score_core(
     device: torch.device | str | None = None,
     confidence: str = "margin",
 ) -> CoreScore:
-    """Score one core. ``sample_fn(seed, indices) -> (len(indices), C, H, W) uint8`` draws sets
-    ``indices`` of the core; it is called one batch at a time (a paper-size set is 40 MB) and
-    the next batch is sampled on a thread while the network runs on the current one."""
+    """Score one core. ``sample_fn(seed, indices)`` draws sets ``indices`` of the core, stacked
+    uint8 sets in either layout (see :func:`predict_sets`); it is called one batch at a time (a
+    paper-size set is 40 MB) and the next batch is sampled on a thread while the network runs
+    on the current one."""
     if not 1 <= top_k <= n_sets:
         raise ValueError(f"top_k={top_k} must be between 1 and n_sets={n_sets}")
     chunks = [list(range(i, min(i + batch_size, n_sets))) for i in range(0, n_sets, batch_size)]

@@ -5,6 +5,12 @@ ordinary DenseNet (``weights=None``) whose ``conv0`` takes ``3P`` channels and w
 four outputs (HER2 0, 1+, 2+, 3+). Callers pass ``uint8`` sets: :class:`PSSNet` scales them to
 [0, 1] and normalises every patch with the ImageNet mean/std, so a network initialised from an
 ImageNet checkpoint sees inputs in the range it was trained on.
+
+Sets come in either layout: channels-first ``(B, 3P, H, W)`` (patch ``i`` is channels
+``3i..3i+2``) or channels-last ``(B, P, H, W, 3)``, the decoder's layout in which the store's
+sampler writes them without transposing. The layout change is done by :meth:`PSSNet.prepare`,
+on the model's device after the ``uint8`` batch has moved there: a byte copy on the GPU instead
+of a transposing copy of every patch on the CPU.
 """
 
 from __future__ import annotations
@@ -41,7 +47,8 @@ ARCHITECTURES: dict[str, Callable[..., DenseNet]] = {
 
 
 class PSSNet(nn.Module):
-    """DenseNet over a PSS; accepts ``uint8`` or float sets of shape (batch, 3P, H, W)."""
+    """DenseNet over a PSS; accepts ``uint8`` or float sets, (batch, 3P, H, W) channels-first
+    or (batch, P, H, W, 3) channels-last."""
 
     mean: torch.Tensor
     std: torch.Tensor
@@ -64,7 +71,12 @@ class PSSNet(nn.Module):
         return 3 * self.num_patches
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 or float sets -> the normalised float input of the backbone."""
+        """uint8 or float sets, in either layout -> the normalised float (B, 3P, H, W) input of
+        the backbone. A channels-last set is rearranged where it is (call this after moving the
+        batch), while still ``uint8``; on CUDA into the channels_last memory format the model
+        uses (a (B, H, W, 3P) buffer seen as (B, 3P, H, W)), elsewhere contiguous."""
+        if x.dim() == 5:
+            x = channels_first_view(x, self.num_patches)
         if x.dtype == torch.uint8:
             x = x.float().div_(255.0)
         return (x - self.mean) / self.std
@@ -165,10 +177,36 @@ def to_device(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 def batch_to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Move an input batch (kept ``uint8`` until it is on the device: 4x less to copy)."""
+    """Move an input batch (kept ``uint8`` until it is on the device: 4x less to copy).
+
+    A channels-first (B, 3P, H, W) batch is made channels_last on CUDA; a channels-last
+    (B, P, H, W, 3) batch moves as it is, and :meth:`PSSNet.prepare` rearranges it there."""
     if device.type == "cuda":
-        return x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        moved = x.to(device, non_blocking=True)
+        if moved.dim() == 4:
+            return moved.contiguous(memory_format=torch.channels_last)
+        return moved
     return x.to(device)
+
+
+def channels_first_view(
+    x: torch.Tensor, num_patches: int | None = None, *, channels_last: bool | None = None
+) -> torch.Tensor:
+    """(B, P, H, W, 3) channels-last sets as (B, 3P, H, W), channel ``3i + c`` = patch ``i``,
+    colour ``c`` (the channels-first order), in one copy. In the channels_last memory format
+    (the strides of a (B, H, W, 3P) buffer, which cuDNN's convolutions prefer and
+    :func:`to_device` gives the model on CUDA) when ``channels_last``, by default on CUDA;
+    contiguous otherwise."""
+    if x.dim() != 5 or x.shape[-1] != 3:
+        raise ValueError(f"expected (batch, patches, size, size, 3) sets, got {tuple(x.shape)}")
+    b, p, h, w, _ = x.shape
+    if num_patches is not None and p != num_patches:
+        raise ValueError(f"sets of {p} patches given to a network over {num_patches}")
+    if channels_last is None:
+        channels_last = x.device.type == "cuda"
+    if channels_last:
+        return x.permute(0, 2, 3, 1, 4).reshape(b, h, w, 3 * p).permute(0, 3, 1, 2)
+    return x.permute(0, 1, 4, 2, 3).reshape(b, 3 * p, h, w)
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
