@@ -22,8 +22,13 @@ The sampler reads a core from the image store (:class:`~her2ops.imaging.store.St
 All patch reads of a call are planned up front and handed to a
 :class:`~her2ops.imaging.gather.TileGather`, so each tile is decoded once per call however
 many patches or sets touch it, and patches are written straight into the output (a buffer the
-caller may pass and reuse: ``out=``). The whole-core patch is computed once per open image and
-copied into every set.
+caller may pass and reuse: ``out=``). The whole-core patch is computed once per open image (and
+transposed once, for channels-last sets) and copied into every set.
+
+Every function takes ``channels_last``: the same pixels as (cfg.num_patches, size, size, 3) per
+set, the decoder's layout, written without transposes; the model data path uses it (the network
+rearranges the set on its device). :func:`iter_set_batches` draws a core's N sets a batch at a
+time under one plan (the scorer's way).
 """
 
 from __future__ import annotations
@@ -185,15 +190,43 @@ def sample_sets(
     return out
 
 
-def whole_core_patch(img: StoredImage, cfg: PSSConfig) -> np.ndarray:
-    """The whole core as one (3, size, size) patch, resized (bilinear, antialiased) from the
-    smallest stored level whose sides both reach the patch size, not from level 0 unless it must.
-    """
+def iter_set_batches(
+    img: StoredImage,
+    cfg: PSSConfig,
+    *,
+    key: str,
+    seed: int,
+    batches: Sequence[Sequence[int]],
+    channels_last: bool = False,
+) -> Iterator[np.ndarray]:
+    """Yield, for each list of set indices in ``batches``, those sets stacked as
+    :func:`sample_sets` stacks them (a fresh array per batch, which the consumer may keep), with
+    every read of every batch planned up front: a tile is decoded once per call, however many
+    batches use it, while the tiles kept for later batches fit in the image's ``cache_bytes``.
+    This is how a scorer draws a core's N sets a GPU batch at a time."""
+    plans = [[plan_set(img, cfg, key=key, seed=seed, index=i) for i in batch] for batch in batches]
+    with _gather(img, cfg, plans, channels_last) as gather:
+        for batch_plans in plans:
+            out = _output(cfg, None, (len(batch_plans),), channels_last)
+            _fill(gather, cfg, batch_plans, list(out))
+            yield out
+
+
+def whole_core_patch(
+    img: StoredImage, cfg: PSSConfig, *, channels_last: bool = False
+) -> np.ndarray:
+    """The whole core as one (3, size, size) patch ((size, size, 3) with ``channels_last``),
+    resized (bilinear, antialiased) from the smallest stored level whose sides both reach the
+    patch size, not from level 0 unless it must. Memoised on the image in both layouts."""
     size = cfg.patch_size
-    memo_key = ("whole_core", size, cfg.pad_small)
+    memo_key = ("whole_core", size, cfg.pad_small, channels_last)
     cached = img.memo.get(memo_key)
     if cached is not None:
         return cast(np.ndarray, cached)
+    if channels_last:  # one transposing copy per open image, not per set
+        hwc = np.ascontiguousarray(whole_core_patch(img, cfg).transpose(1, 2, 0))
+        img.memo[memo_key] = hwc
+        return hwc
     fitting = [lv for lv, (h, w) in enumerate(img.level_shapes) if h >= size and w >= size]
     if fitting:
         source = img.read_level(fitting[-1])
@@ -257,7 +290,7 @@ def _gather(
     from her2ops.imaging.gather import TileGather
 
     if cfg.whole_core:
-        whole_core_patch(img, cfg)
+        whole_core_patch(img, cfg, channels_last=channels_last)
     size = cfg.patch_size
     regions = [
         [(level, y, x, size, size) for plan in plans for level, y, x in plan.patches]
@@ -278,10 +311,10 @@ def _fill(
     ]
     gather.fill(views)
     if cfg.whole_core:
-        whole = whole_core_patch(img=gather.img, cfg=cfg)
+        whole = whole_core_patch(gather.img, cfg, channels_last=last)
         for out in outs:
             if last:
-                out[-1] = whole.transpose(1, 2, 0)
+                out[-1] = whole
             else:
                 out[-3:] = whole
 
