@@ -1,17 +1,29 @@
-"""The bridge from stored cores to the model layer: sample functions over the image store."""
+"""The bridge from stored cores to the model layer: sample functions over the image store.
+
+Sets come channels-last, (patches, size, size, 3) uint8 each: the decoder's layout, written
+without a transposing copy; the network rearranges them on its device
+(:meth:`her2ops.models.network.PSSNet.prepare`).
+"""
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from her2ops.imaging.pss import PSSConfig, sample_set, sample_sets
+from her2ops.imaging.pss import PSSConfig, iter_set_batches, sample_set, sample_sets
 from her2ops.imaging.store import CoreStore, StoredImage, StoreError
 from her2ops.models.data import LabelledCore
+
+
+def set_chunks(n_sets: int, chunk: int) -> list[list[int]]:
+    """Set indices ``0..n_sets-1`` cut into consecutive chunks of at most ``chunk``."""
+    if chunk < 1:
+        raise ValueError(f"chunk must be at least 1, got {chunk}")
+    return [list(range(i, min(i + chunk, n_sets))) for i in range(0, n_sets, chunk)]
 
 
 class StoreSampler:
@@ -19,13 +31,17 @@ class StoreSampler:
 
     Picklable for DataLoader workers: open images are dropped when pickled. A store file that
     fails to read (corrupt, missing) becomes an ``OSError``, which the training data set skips
-    and counts instead of crashing the run.
+    and counts instead of crashing the run. ``channels_last`` (the default) gives
+    (patches, size, size, 3) sets, otherwise (3 * patches, size, size).
     """
 
-    def __init__(self, store_root: Path, cfg: PSSConfig, *, keep_open: int = 16) -> None:
+    def __init__(
+        self, store_root: Path, cfg: PSSConfig, *, keep_open: int = 16, channels_last: bool = True
+    ) -> None:
         self.store = CoreStore(store_root)
         self.cfg = cfg
         self.keep_open = keep_open
+        self.channels_last = channels_last
         self._open: OrderedDict[str, StoredImage] = OrderedDict()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -50,19 +66,54 @@ class StoreSampler:
         """One set of a labelled core (the PSSDataset's sample function)."""
         img = self._image(item.sha256, item.core)
         try:
-            return sample_set(img, self.cfg, key=item.core, seed=seed, index=index)
+            return sample_set(
+                img,
+                self.cfg,
+                key=item.core,
+                seed=seed,
+                index=index,
+                channels_last=self.channels_last,
+            )
         except StoreError as exc:
             raise OSError(str(exc)) from exc
 
     def for_core(self, sha256: str, core: str) -> Callable[[int, Sequence[int]], np.ndarray]:
-        """``(seed, indices) -> sets`` for one core (the inference protocol's sample function)."""
+        """``(seed, indices) -> sets`` for one core (the inference protocol's sample function);
+        each call decodes its own tiles: :meth:`core_batches` shares them across batches."""
 
         def draw(seed: int, indices: Sequence[int]) -> np.ndarray:
-            return sample_sets(
-                self._image(sha256, core), self.cfg, key=core, seed=seed, indices=indices
-            )
+            img = self._image(sha256, core)
+            try:
+                return sample_sets(
+                    img,
+                    self.cfg,
+                    key=core,
+                    seed=seed,
+                    indices=indices,
+                    channels_last=self.channels_last,
+                )
+            except StoreError as exc:
+                raise OSError(str(exc)) from exc
 
         return draw
+
+    def core_batches(
+        self, sha256: str, core: str, seed: int, batches: Sequence[Sequence[int]]
+    ) -> Iterator[np.ndarray]:
+        """The sets ``batches`` of one core, one stacked array per batch, under one plan: each
+        tile is decoded once for all the batches (the scorer draws a core's N sets this way)."""
+        img = self._image(sha256, core)
+        try:
+            yield from iter_set_batches(
+                img,
+                self.cfg,
+                key=core,
+                seed=seed,
+                batches=batches,
+                channels_last=self.channels_last,
+            )
+        except StoreError as exc:
+            raise OSError(str(exc)) from exc
 
     def close(self) -> None:
         for img in self._open.values():

@@ -4,9 +4,11 @@ Idempotent on the prediction key (model version, N, k, seed, confidence): a core
 under that key is skipped. Each core's prediction is committed as soon as it is made, so a killed
 scoring job loses at most the core in flight and a re-run does only what is left.
 
-Sampling runs ahead of the network: a ``DataLoader`` (``loader_workers`` processes, pinned
-memory on CUDA) draws the next batches of pyramid sampling sets while the current batch is on
-the network. Weights come from the run's weights-only artefact
+Sampling runs ahead of the network: a ``DataLoader`` (``loader_workers`` processes, each taking
+whole cores; pinned memory on CUDA) draws the next batches of pyramid sampling sets while the
+current batch is on the network. A core's N sets are drawn a batch at a time under one plan, so
+each of its tiles is decoded once, and channels-last (no transposes on the CPU: the network
+rearranges them on its device). Weights come from the run's weights-only artefact
 (``torch.load(weights_only=True)``), so scoring never unpickles code from the tracking store.
 """
 
@@ -109,43 +111,46 @@ def trained_profile(rt: Runtime, mv: ModelVersion) -> Profile:
 
 
 class _SetChunks:
-    """Map-style data set of (core position, set indices) chunks -> sampled sets.
+    """A core's sets in chunks of at most ``chunk`` sets: ``stream(pos)`` yields
+    ``(pos, set indices, sets)`` per chunk, drawn under one plan so each tile of the core is
+    decoded once for all its N sets (the sets are channels-last: see
+    :mod:`her2ops.pipelines.sampling`). A core that cannot be read yields its error text
+    instead, with the indices of its last chunk, which closes the core for the consumer.
 
-    Picklable (the sampler drops its open files when pickled), so DataLoader workers can draw
-    ahead. A core that cannot be read yields its error text instead of sets.
+    Picklable (the sampler drops its open files when pickled), for DataLoader workers.
     """
 
     def __init__(self, cores: list[CoreRef], sampler: Any, n: int, chunk: int, seed: int):
+        from her2ops.pipelines.sampling import set_chunks
+
         self.cores, self.sampler, self.seed = cores, sampler, seed
-        self.items = [
-            (pos, list(range(i, min(i + chunk, n))))
-            for pos in range(len(cores))
-            for i in range(0, n, chunk)
-        ]
+        self.chunks = set_chunks(n, chunk)
 
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> tuple[int, list[int], np.ndarray | str]:
-        pos, idx = self.items[i]
+    def stream(self, pos: int) -> Iterator[tuple[int, list[int], Any]]:
         core = self.cores[pos]
+        batches = self.sampler.core_batches(core.sha256, core.code, self.seed, self.chunks)
         try:
-            sets = self.sampler.for_core(core.sha256, core.code)(self.seed, idx)
+            for idx, sets in zip(self.chunks, batches, strict=True):
+                yield pos, idx, sets
         except OSError as exc:
-            return pos, idx, f"{core.code}: {exc}"
-        return pos, idx, sets
+            yield pos, self.chunks[-1], f"{core.code}: {exc}"
 
 
 def _iter_chunks(ds: _SetChunks, workers: int, pin: bool) -> Iterator[Any]:
+    """Every core's chunks; with ``workers``, cores are dealt to sampling processes that run
+    ahead of the network (a core's chunks come from one process, in order)."""
+    positions = range(len(ds.cores))
+    if workers == 0:
+        for pos in positions:
+            yield from ds.stream(pos)
+        return
     from torch.utils.data import DataLoader
 
-    if workers == 0:
-        yield from (ds[i] for i in range(len(ds)))
-        return
+    from her2ops.models.data import ShardedStream
+
     loader: DataLoader[Any] = DataLoader(
-        ds,  # type: ignore[arg-type]  # map-style: __len__ + __getitem__
+        ShardedStream(positions, ds.stream),
         batch_size=None,
-        shuffle=False,
         num_workers=workers,
         pin_memory=pin,
         prefetch_factor=2,
@@ -243,6 +248,7 @@ def _score(
                 if pos not in failed:
                     failed.add(pos)
                     report.failed.append(sets)
+                    outputs.pop(pos, None)
             elif pos not in failed:
                 outputs.setdefault(pos, []).append(
                     predict_sets(net, sets, device=dev, batch_size=batch)
