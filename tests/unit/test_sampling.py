@@ -53,6 +53,18 @@ def test_sets_are_channels_last_and_hold_the_channels_first_pixels(
     batches = list(last.core_batches(sha, "C1", 7, set_chunks(5, 2)))
     assert [len(b) for b in batches] == [2, 2, 1]
     np.testing.assert_array_equal(np.concatenate(batches), many)
+    out = last.batch_buffer(2)
+    reused = [b.copy() for b in last.core_batches(sha, "C1", 7, set_chunks(5, 2), out=out)]
+    assert all(
+        np.shares_memory(b, out) for b in last.core_batches(sha, "C1", 7, [[0, 1], [2]], out=out)
+    )
+    np.testing.assert_array_equal(np.concatenate(reused), many)
+    with pytest.raises(ValueError, match="at least 3 sets"):
+        next(last.core_batches(sha, "C1", 7, [[0, 1, 2]], out=out))
+    reused_first = first.core_batches(sha, "C1", 7, set_chunks(5, 2), out=first.batch_buffer(2))
+    np.testing.assert_array_equal(
+        _first(np.concatenate(reused)), np.concatenate([b.copy() for b in reused_first])
+    )
     last.close()
     first.close()
 

@@ -197,19 +197,33 @@ def iter_set_batches(
     key: str,
     seed: int,
     batches: Sequence[Sequence[int]],
+    out: np.ndarray | None = None,
     channels_last: bool = False,
 ) -> Iterator[np.ndarray]:
     """Yield, for each list of set indices in ``batches``, those sets stacked as
-    :func:`sample_sets` stacks them (a fresh array per batch, which the consumer may keep), with
-    every read of every batch planned up front: a tile is decoded once per call, however many
-    batches use it, while the tiles kept for later batches fit in the image's ``cache_bytes``.
-    This is how a scorer draws a core's N sets a GPU batch at a time."""
+    :func:`sample_sets` stacks them, with every read of every batch planned up front: a tile is
+    decoded once per call, however many batches use it, while the tiles kept for later batches
+    fit in the image's ``cache_bytes``. This is how a scorer draws a core's N sets a GPU batch
+    at a time.
+
+    Each batch is a fresh array (the consumer may keep it), unless ``out`` is given, a buffer
+    of at least the largest batch ((m, *set shape) uint8): then batch ``b`` is written into
+    ``out[:len(b)]`` and that view yielded, so the consumer must be done with a batch before
+    asking for the next. Fresh memory costs a page fault per 4 kB (a 12-set paper batch is
+    480 MB), about as much as sampling it: reuse the buffer where the consumer allows it.
+    """
     plans = [[plan_set(img, cfg, key=key, seed=seed, index=i) for i in batch] for batch in batches]
+    if out is not None:
+        largest = max((len(b) for b in plans), default=0)
+        if out.ndim == 0 or len(out) < largest:
+            raise ValueError(f"out must hold at least {largest} sets, got shape {out.shape}")
+        _output(cfg, out[:largest], (largest,), channels_last)  # checks shape and layout
     with _gather(img, cfg, plans, channels_last) as gather:
         for batch_plans in plans:
-            out = _output(cfg, None, (len(batch_plans),), channels_last)
-            _fill(gather, cfg, batch_plans, list(out))
-            yield out
+            n = len(batch_plans)
+            target = out[:n] if out is not None else _output(cfg, None, (n,), channels_last)
+            _fill(gather, cfg, batch_plans, list(target))
+            yield target
 
 
 def whole_core_patch(

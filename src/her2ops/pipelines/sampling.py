@@ -98,10 +98,18 @@ class StoreSampler:
         return draw
 
     def core_batches(
-        self, sha256: str, core: str, seed: int, batches: Sequence[Sequence[int]]
+        self,
+        sha256: str,
+        core: str,
+        seed: int,
+        batches: Sequence[Sequence[int]],
+        *,
+        out: np.ndarray | None = None,
     ) -> Iterator[np.ndarray]:
         """The sets ``batches`` of one core, one stacked array per batch, under one plan: each
-        tile is decoded once for all the batches (the scorer draws a core's N sets this way)."""
+        tile is decoded once for all the batches (the scorer draws a core's N sets this way).
+        With ``out`` (from :meth:`batch_buffer`) every batch is written into it, no fresh
+        memory: the consumer must be done with a batch before asking for the next."""
         img = self._image(sha256, core)
         try:
             yield from iter_set_batches(
@@ -110,10 +118,19 @@ class StoreSampler:
                 key=core,
                 seed=seed,
                 batches=batches,
+                out=out,
                 channels_last=self.channels_last,
             )
         except StoreError as exc:
             raise OSError(str(exc)) from exc
+
+    def batch_buffer(self, n_sets: int) -> np.ndarray:
+        """An uninitialised buffer of ``n_sets`` sets in this sampler's layout."""
+        size, cfg = self.cfg.patch_size, self.cfg
+        per_set = (
+            (cfg.num_patches, size, size, 3) if self.channels_last else (cfg.channels, size, size)
+        )
+        return np.empty((n_sets, *per_set), dtype=np.uint8)
 
     def close(self) -> None:
         for img in self._open.values():

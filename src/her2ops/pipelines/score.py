@@ -126,9 +126,12 @@ class _SetChunks:
         self.cores, self.sampler, self.seed = cores, sampler, seed
         self.chunks = set_chunks(n, chunk)
 
-    def stream(self, pos: int) -> Iterator[tuple[int, list[int], Any]]:
+    def stream(
+        self, pos: int, out: np.ndarray | None = None
+    ) -> Iterator[tuple[int, list[int], Any]]:
+        """One core's chunks; into ``out`` (see ``StoreSampler.core_batches``) when given."""
         core = self.cores[pos]
-        batches = self.sampler.core_batches(core.sha256, core.code, self.seed, self.chunks)
+        batches = self.sampler.core_batches(core.sha256, core.code, self.seed, self.chunks, out=out)
         try:
             for idx, sets in zip(self.chunks, batches, strict=True):
                 yield pos, idx, sets
@@ -138,11 +141,15 @@ class _SetChunks:
 
 def _iter_chunks(ds: _SetChunks, workers: int, pin: bool) -> Iterator[Any]:
     """Every core's chunks; with ``workers``, cores are dealt to sampling processes that run
-    ahead of the network (a core's chunks come from one process, in order)."""
+    ahead of the network (a core's chunks come from one process, in order, each a fresh array
+    that the DataLoader hands over)."""
     positions = range(len(ds.cores))
     if workers == 0:
+        # In process, the consumer is done with a chunk before it asks for the next: one
+        # buffer serves every chunk (fresh memory would cost as much as sampling into it).
+        out = ds.sampler.batch_buffer(max(len(c) for c in ds.chunks))
         for pos in positions:
-            yield from ds.stream(pos)
+            yield from ds.stream(pos, out)
         return
     from torch.utils.data import DataLoader
 
