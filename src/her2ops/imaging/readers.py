@@ -23,21 +23,24 @@ no faithful RGB meaning (float, signed or 32-bit integer, CMYK TIFF, multi-chann
 
 Decoding is strict: a PNG is decoded by libpng (through imagecodecs), which refuses pixel data
 that stops early even when every chunk is valid and IEND is present (Pillow fills such rows with
-black); a JPEG must hold complete segments and an end-of-image marker after its last scan; in
-TIFF, any decoder warning is an error (:mod:`her2ops.imaging.tiff_reader`). Files with several
+black); a JPEG must be whole: complete segments, every scan and restart interval present, an
+end-of-image marker after the last scan, and entropy-coded data that does not stop before the
+last block (libjpeg only warns about that and fills in grey; :mod:`her2ops.imaging.jpeg_reader`
+says how it is detected, and what it cannot promise); in TIFF, any decoder warning is an error
+(:mod:`her2ops.imaging.tiff_reader`). Files with several
 images (multi-page TIFF, animated PNG, multi-picture JPEG) are refused, naming how many they
 hold, unless the caller chooses one with ``page=``.
 
 Memory: the output ``(H, W, 3)`` array is allocated once and 8-bit RGB PNG and JPEG data, and TIFF
 segment by segment, are decoded straight into it, so validating an image takes about its RGB
 size plus the compressed file (other PNG modes add one decoded copy in their own sample format;
-a chosen frame of an animation goes through Pillow).
+a chosen frame of an animation goes through Pillow). A JPEG is decoded twice into that same
+array (the truncation probe), which costs time, not memory.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 import threading
 import warnings
 from collections.abc import Iterator
@@ -215,16 +218,20 @@ def _decode_pillow(
         mode, conversion = _pillow_mode(path, im.mode, rawmode, "transparency" in im.info)
         if fmt == "PNG":
             _verify_png(path)
-        data = path.read_bytes()
+        data = _read_all(path)
         if fmt == "PNG" and frames == 1:
             rgb = _decode_png(path, data, (height, width))
         elif fmt != "PNG" and frames == 1 and im.mode in ("RGB", "L"):
-            rgb = _decode_jpeg(path, data, (height, width), gray=im.mode == "L")
+            from her2ops.imaging.jpeg_reader import decode_jpeg
+
+            rgb = decode_jpeg(path, data, (height, width), gray=im.mode == "L")
         else:  # a chosen frame, or a CMYK / YCbCr JPEG: Pillow, strictly
-            if fmt == "JPEG":
-                _check_jpeg(path, data)
             if page:
                 im.seek(page)
+            if fmt != "PNG":  # the picture Pillow decodes, checked and probed first
+                from her2ops.imaging.jpeg_reader import verify_jpeg
+
+                verify_jpeg(path, data, im.tile[0].offset if im.tile else 0)
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("error")
@@ -238,6 +245,17 @@ def _decode_pillow(
     if rgb.shape[:2] != (height, width):
         raise ImageError(f"{path}: decoded size {rgb.shape[:2]} does not match header")
     return fmt, mode, conversion, rgb
+
+
+def _read_all(path: Path) -> bytearray:
+    """The whole file, in a buffer the JPEG probe may extend in place (no second copy)."""
+    with open(path, "rb") as fh:
+        data = bytearray(fh.seek(0, 2))
+        fh.seek(0)
+        got = fh.readinto(data)
+    if got != len(data):
+        raise ImageError(f"{path}: changed while being read")
+    return data
 
 
 def _pillow_mode(path: Path, mode: str, rawmode: str, transparency: bool) -> tuple[str, str | None]:
@@ -256,7 +274,7 @@ def _pillow_mode(path: Path, mode: str, rawmode: str, transparency: bool) -> tup
     raise ImageError(f"{path}: image mode {mode} ({rawmode or 'unknown raw mode'}) not supported")
 
 
-def _decode_png(path: Path, data: bytes, shape: tuple[int, int]) -> np.ndarray:
+def _decode_png(path: Path, data: bytearray, shape: tuple[int, int]) -> np.ndarray:
     """libpng: strict (pixel data that stops early is an error), 8-bit RGB straight into the
     output; other layouts converted in strips."""
     import imagecodecs
@@ -281,66 +299,6 @@ def _decode_png(path: Path, data: bytes, shape: tuple[int, int]) -> np.ndarray:
     conv = PixelConversion(samples=samples, scale=scale, mode="", description=None)
     for y in range(0, shape[0], _STRIP_ROWS):
         conv.apply(decoded[y : y + _STRIP_ROWS], rgb[y : y + _STRIP_ROWS])
-    return rgb
-
-
-# Where the entropy-coded data of a JPEG scan ends: a 0xFF that is neither byte stuffing
-# (0xFF00), a restart marker (0xFFD0-D7) nor a fill byte.
-_SCAN_END = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
-_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
-
-
-def _check_jpeg(path: Path, data: bytes) -> None:
-    """Every segment complete and an end-of-image marker after the last scan: a JPEG cut short
-    anywhere (libjpeg would fill the rest in grey with a mere warning) is refused."""
-    pos, scans, size = 2, 0, len(data)
-    if not data.startswith(b"\xff\xd8"):
-        raise ImageError(f"{path}: corrupt JPEG (no start-of-image marker)")
-    while True:
-        if pos + 2 > size:
-            raise ImageError(f"{path}: truncated JPEG (no end-of-image marker)")
-        if data[pos] != 0xFF:
-            raise ImageError(f"{path}: corrupt JPEG (no marker at byte {pos:,})")
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker == 0xD9:
-            if not scans:
-                raise ImageError(f"{path}: corrupt JPEG (no image data)")
-            return
-        if marker in _STANDALONE:
-            pos += 2
-            continue
-        if pos + 4 > size:
-            raise ImageError(f"{path}: truncated JPEG (segment header cut at byte {pos:,})")
-        end = pos + 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
-        if end > size:
-            raise ImageError(f"{path}: truncated JPEG (segment ends past the end of the file)")
-        pos = end
-        if marker == 0xDA:  # start of scan: skip its entropy-coded data
-            scans += 1
-            found = _SCAN_END.search(data, pos)
-            if found is None:
-                raise ImageError(f"{path}: truncated JPEG (scan data runs to the end of file)")
-            pos = found.end() - 2
-
-
-def _decode_jpeg(path: Path, data: bytes, shape: tuple[int, int], *, gray: bool) -> np.ndarray:
-    """libjpeg-turbo (the decoder Pillow wraps, same pixels) straight into the output."""
-    import imagecodecs
-
-    _check_jpeg(path, data)
-    rgb = np.empty((*shape, 3), dtype=np.uint8)
-    try:
-        decoded = imagecodecs.jpeg8_decode(data, out=None if gray else rgb)
-    except Exception as exc:
-        raise ImageError(f"{path}: truncated or corrupt image data: {exc}") from None
-    if decoded is rgb:
-        return rgb
-    if decoded.shape[:2] != shape or decoded.dtype != np.uint8:
-        raise ImageError(f"{path}: decoded size {decoded.shape[:2]} does not match header")
-    rgb[...] = decoded.reshape(*shape, -1)[..., :1]
     return rgb
 
 
