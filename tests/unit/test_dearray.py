@@ -7,8 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image
 
+from her2ops.errors import InvalidRequest
 from her2ops.imaging.dearray import (
     FoundCore,
     SlideImage,
@@ -16,6 +18,7 @@ from her2ops.imaging.dearray import (
     dearray,
     write_cores,
 )
+from her2ops.imaging.readers import ImageError
 from her2ops.synthetic.dataset import synth_core
 from her2ops.synthetic.tma import make_tma_slide
 
@@ -155,3 +158,111 @@ def test_pyramidal_tiff_uses_a_low_level(
 def test_missing_slide_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         SlideImage(tmp_path / "nope.png")
+
+
+# --- bounded memory and several images in one file -------------------------------------------
+
+
+def _png_declaring(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header declares ``width`` x ``height`` (no real pixel data behind it)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+    return path
+
+
+def _jpeg_declaring(path: Path, width: int, height: int) -> Path:
+    """A small JPEG whose frame header is edited to declare ``width`` x ``height``."""
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((16, 16, 3), 200, np.uint8)).save(buf, "JPEG")
+    data = bytearray(buf.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["png", "jpg", "tif"])
+def test_a_slide_over_the_limit_is_refused_from_its_header(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """60,000 x 50,000 declared (3e9 px, far beyond Pillow's own 2x-limit error): refused with
+    the file, its size and the limit, before anything is decoded; Pillow's limit unchanged."""
+    from her2ops.config import get_settings
+
+    monkeypatch.setenv("HER2OPS_MAX_SLIDE_PIXELS", "1000000000")
+    get_settings.cache_clear()
+    path = tmp_path / f"giant.{kind}"
+    if kind == "png":
+        _png_declaring(path, 60_000, 50_000)
+    elif kind == "jpg":
+        _jpeg_declaring(path, 60_000, 50_000)
+    else:
+        tifffile.imwrite(path, np.zeros((64, 64, 3), np.uint8), tile=(32, 32), photometric="rgb")
+        with tifffile.TiffFile(path, mode="r+b") as tf:
+            tf.pages[0].tags["ImageWidth"].overwrite(60_000)
+            tf.pages[0].tags["ImageLength"].overwrite(50_000)
+    saved = Image.MAX_IMAGE_PIXELS
+    message = (
+        rf"giant\.{kind}: 60,000 x 50,000 px is more than HER2OPS_MAX_SLIDE_PIXELS "
+        r"\(1,000,000,000\); refused before decoding"
+    )
+    with pytest.raises(ImageError, match=message):
+        SlideImage(path)
+    assert saved == Image.MAX_IMAGE_PIXELS
+
+
+def test_the_slide_limit_is_the_settings_one_and_bounds_agrees(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tma: tuple[np.ndarray, list[dict]]
+) -> None:
+    from her2ops.config import get_settings
+    from her2ops.pipelines.bounds import check_slide
+
+    slide, _ = tma
+    path = tmp_path / "slide.png"
+    Image.fromarray(slide).save(path)
+    h, w = slide.shape[:2]
+    assert SlideImage(path).shape == check_slide(path) == (h, w)
+    monkeypatch.setenv("HER2OPS_MAX_SLIDE_PIXELS", str(h * w - 1))
+    get_settings.cache_clear()
+    for read in (SlideImage, check_slide):
+        with pytest.raises(InvalidRequest, match=rf"slide\.png: {w:,} x {h:,} px is more than"):
+            read(path)
+    assert SlideImage(path, max_pixels=h * w).shape == (h, w)  # a caller's own bound
+
+
+def test_a_multi_page_tiff_slide_needs_a_page(tmp_path: Path) -> None:
+    path = tmp_path / "two.tif"
+    first, second = np.full((40, 50, 3), 10, np.uint8), np.full((30, 20, 3), 200, np.uint8)
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(first, photometric="rgb")
+        tif.write(second, photometric="rgb")
+    with pytest.raises(ImageError, match=r"two\.tif: holds 2 pages \(images\); choose one"):
+        SlideImage(path)
+    chosen = SlideImage(path, page=1)
+    assert chosen.shape == (30, 20)
+    np.testing.assert_array_equal(chosen.full(), second)
+    with pytest.raises(ImageError, match="page 2 asked, the file holds 2"):
+        SlideImage(path, page=2)
+
+
+def test_an_animated_png_slide_needs_a_frame(tmp_path: Path) -> None:
+    path = tmp_path / "anim.png"
+    frames = [Image.new("RGB", (30, 20), colour) for colour in ("red", "blue")]
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    with pytest.raises(ImageError, match=r"anim\.png: holds 2 frames \(an animated PNG\)"):
+        SlideImage(path)
+    chosen = SlideImage(path, page=1)
+    assert (chosen.full() == [0, 0, 255]).all()
+    assert (SlideImage(path, page=0).full() == [255, 0, 0]).all()

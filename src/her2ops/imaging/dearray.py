@@ -30,7 +30,9 @@ from numpy.typing import NDArray
 from PIL import Image
 from scipy import ndimage
 
+from her2ops.config import get_settings
 from her2ops.errors import InvalidRequest
+from her2ops.imaging.readers import TIFF_MAGIC, ImageError, pillow_pixel_limit
 from her2ops.progress import Progress, no_progress, track
 
 __all__ = [
@@ -84,55 +86,135 @@ def _to_rgb(arr: NDArray[Any]) -> U8:
     return np.ascontiguousarray(arr[..., :3])
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
 class SlideImage:
     """A slide image read from PNG/JPEG/TIFF (pyramidal TIFF: the overview comes from a low
     level), or wrapped around an RGB array.
 
-    The full-resolution image is read only when crops are cut (as one array: slides far beyond
-    the memory of the machine need a tiled reader).
+    The full-resolution image is read only when crops are cut, as one array, so a slide read from
+    a file is bounded: its size is read from the header (TIFF tags, PNG IHDR, JPEG frame header)
+    without decoding anything, and more than ``max_pixels`` pixels (default
+    ``HER2OPS_MAX_SLIDE_PIXELS``) is refused. A file holding several images (a multi-page TIFF,
+    an animated PNG, a multi-picture JPEG; pyramid levels and a slide's label or macro images do
+    not count) is refused unless ``page`` chooses one, as at ingest.
     """
 
-    def __init__(self, source: str | Path | NDArray[Any]) -> None:
+    def __init__(
+        self,
+        source: str | Path | NDArray[Any],
+        *,
+        max_pixels: int | None = None,
+        page: int | None = None,
+    ) -> None:
         self.path: Path | None = None
         self._full: U8 | None = None
         self._levels: list[tuple[int, int]] = []
+        self._kind = "array"
+        self._page: int | None = None  # the chosen image of a file holding several
+        self.max_pixels = 0
         if isinstance(source, np.ndarray):
             self._full = _to_rgb(source)
             self.name = "slide"
-        else:
-            self.path = Path(source)
-            if not self.path.is_file():
-                raise FileNotFoundError(f"no such slide image: {self.path}")
-            self.name = self.path.stem
-            if self._is_tiff:
-                import tifffile
-
-                with tifffile.TiffFile(self.path) as tf:
-                    levels = tf.series[0].levels
-                    self._levels = [self._hw(lv.shape, lv.axes) for lv in levels]
+            return
+        self.path = Path(source)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"no such slide image: {self.path}")
+        self.name = self.path.stem
+        if page is not None and page < 0:
+            raise ImageError(f"{self.path}: page must be >= 0, got {page}")
+        self.max_pixels = max_pixels or get_settings().max_slide_pixels
+        with open(self.path, "rb") as fh:
+            magic = fh.read(8)
+        try:
+            if magic[:4] in TIFF_MAGIC:
+                self._kind = "tiff"
+                self._read_tiff_header(page)
+            elif magic == _PNG_SIGNATURE or magic[:2] == b"\xff\xd8":
+                self._kind = "pillow"
+                self._read_pillow_header(magic, page)
             else:
-                with self._open_pil() as im:
-                    self._levels = [(im.height, im.width)]
+                raise ImageError(f"{self.path}: not a PNG, JPEG or TIFF slide image")
+        except ImageError:
+            raise
+        except Exception as exc:  # any reader error on an untrusted header is the file's fault
+            raise ImageError(f"{self.path}: not a readable image ({exc})") from None
+
+    def _check_size(self, height: int, width: int) -> None:
+        if height <= 0 or width <= 0:
+            raise ImageError(f"{self.path}: invalid image size {width}x{height}")
+        if height * width > self.max_pixels:
+            raise ImageError(
+                f"{self.path}: {width:,} x {height:,} px is more than HER2OPS_MAX_SLIDE_PIXELS "
+                f"({self.max_pixels:,}); refused before decoding"
+            )
+
+    def _choose(self, count: int, page: int | None, what: str) -> int:
+        if count > 1 and page is None:
+            raise ImageError(
+                f"{self.path}: holds {count} {what}; choose one (page 0 to {count - 1}) "
+                "instead of taking the first"
+            )
+        index = page or 0
+        if index >= count:
+            raise ImageError(f"{self.path}: page {index} asked, the file holds {count} image(s)")
+        return index
+
+    def _read_tiff_header(self, page: int | None) -> None:
+        import tifffile
+
+        from her2ops.imaging.tiff_reader import image_pages
+
+        assert self.path is not None
+        with tifffile.TiffFile(self.path) as tf:
+            pages = image_pages(tf)
+            if not pages:
+                raise ImageError(f"{self.path}: TIFF holds no image")
+            index = self._choose(len(pages), page, "pages (images)")
+            if len(pages) == 1:
+                self._levels = [self._hw(lv.shape, lv.axes) for lv in tf.series[0].levels]
+            else:  # a chosen page: read as it is, without its pyramid
+                self._page = index
+                self._levels = [(int(pages[index].imagelength), int(pages[index].imagewidth))]
+        self._check_size(*self._levels[0])
+
+    def _read_pillow_header(self, magic: bytes, page: int | None) -> None:
+        assert self.path is not None
+        if magic == _PNG_SIGNATURE:
+            with open(self.path, "rb") as fh:
+                ihdr = fh.read(24)[16:24]
+            if len(ihdr) < 8:
+                raise ImageError(f"{self.path}: truncated PNG (no image header)")
+            height, width = int.from_bytes(ihdr[4:8], "big"), int.from_bytes(ihdr[:4], "big")
+            what = "frames (an animated PNG)"
+        else:
+            from her2ops.imaging.jpeg_reader import jpeg_header_size
+
+            height, width = jpeg_header_size(self.path)
+            what = "pictures (a multi-picture JPEG)"
+        self._check_size(height, width)  # before Pillow parses more than the header
+        with self._open_pil() as im:
+            frames = int(getattr(im, "n_frames", 1))
+            if (im.height, im.width) != (height, width):
+                raise ImageError(f"{self.path}: image header read two ways disagrees")
+        index = self._choose(frames, page, what)
+        self._page = index if frames > 1 else None
+        self._levels = [(height, width)]
 
     @property
     def _is_tiff(self) -> bool:
-        return self.path is not None and self.path.suffix.lower() in (".tif", ".tiff", ".svs")
+        return self._kind == "tiff"
 
     @staticmethod
     def _hw(shape: Sequence[int], axes: str) -> tuple[int, int]:
         return int(shape[axes.index("Y")]), int(shape[axes.index("X")])
 
     def _open_pil(self) -> Image.Image:
+        """Open (header only); Pillow's bomb limit is our bound, never off."""
         assert self.path is not None
-        # a TMA slide is far larger than PIL's decompression-bomb guard; the file is trusted input
-        old = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = None
-        try:
-            im = Image.open(self.path)
-            im.load()
-        finally:
-            Image.MAX_IMAGE_PIXELS = old
-        return im
+        with pillow_pixel_limit(self.max_pixels):
+            return Image.open(self.path)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -145,12 +227,21 @@ class SlideImage:
         """The full-resolution RGB image (read once, then kept)."""
         if self._full is None:
             assert self.path is not None
-            if self._is_tiff:
+            if self._is_tiff and self._page is not None:
+                import tifffile
+
+                from her2ops.imaging.tiff_reader import image_pages
+
+                with tifffile.TiffFile(self.path) as tf:
+                    self._full = _to_rgb(image_pages(tf)[self._page].asarray())
+            elif self._is_tiff:
                 import tifffile
 
                 self._full = _to_rgb(tifffile.imread(self.path, level=0))
             else:
                 with self._open_pil() as im:
+                    if self._page:
+                        im.seek(self._page)
                     self._full = _to_rgb(np.asarray(im.convert("RGB")))
         return self._full
 
@@ -158,7 +249,7 @@ class SlideImage:
         """An RGB overview at most ``max_side`` px on its long side, and its downsampling factor
         (full-resolution px per overview px)."""
         h0, w0 = self.shape
-        if self._is_tiff and len(self._levels) > 1 and self._full is None:
+        if self._is_tiff and len(self._levels) > 1 and self._full is None:  # a pyramid
             import tifffile
 
             # the smallest pyramid level still at least max_side, to resample from

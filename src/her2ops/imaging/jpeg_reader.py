@@ -136,6 +136,30 @@ def check_jpeg(path: Path, data: bytes | bytearray, start: int = 0) -> JpegLayou
     return JpegLayout(scans=tuple(scans), end=pos + 2)
 
 
+def jpeg_header_size(path: Path) -> tuple[int, int]:
+    """``(height, width)`` from a JPEG's frame header, reading only the segments before it."""
+    with open(path, "rb") as fh:
+        if fh.read(2) != b"\xff\xd8":
+            raise ImageError(f"{path}: corrupt JPEG (no start-of-image marker)")
+        while True:
+            head = fh.read(2)
+            while head[:1] == b"\xff" and head[1:] == b"\xff":  # fill bytes
+                head = head[1:] + fh.read(1)
+            if len(head) < 2 or head[0] != 0xFF:
+                raise ImageError(f"{path}: corrupt or truncated JPEG (no frame header)")
+            if head[1] in _STANDALONE:
+                continue
+            if head[1] in (0xD9, 0xDA):
+                raise ImageError(f"{path}: corrupt JPEG (no frame header before the image data)")
+            length = int.from_bytes(fh.read(2), "big")
+            body = fh.read(max(0, length - 2))
+            if length < 2 or len(body) != length - 2:
+                raise ImageError(f"{path}: truncated JPEG (segment ends past the end of the file)")
+            if head[1] in _SOF_HUFFMAN | _SOF_ARITHMETIC | _SOF_HIERARCHICAL:
+                frame = _frame(path, head[1], body)
+                return frame.height, frame.width
+
+
 def _frame(path: Path, marker: int, body: bytes) -> _Frame:
     if len(body) < 6 or len(body) < 6 + 3 * body[5]:
         raise ImageError(f"{path}: corrupt JPEG (short frame header)")

@@ -44,7 +44,7 @@ import hashlib
 import threading
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,7 +58,7 @@ SLIDE_SUFFIXES = frozenset(
     {".svs", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm"}
 )
 PILLOW_FORMATS = frozenset({"PNG", "JPEG", "MPO"})
-_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _HASH_CHUNK = 1 << 20
 # Pillow's bomb limit is a module global; we swap it out around ``Image.open`` only.
 _PIL_LIMIT_LOCK = threading.Lock()
@@ -125,7 +125,7 @@ def read_rgb(
         raise ImageError(f"{path}: empty or truncated file ({len(magic)} bytes)")
     suffix = path.suffix.lower()
 
-    if magic in _TIFF_MAGIC:
+    if magic in TIFF_MAGIC:
         from her2ops.imaging.tiff_reader import TiffUnreadable, decode_tiff
 
         try:
@@ -176,17 +176,23 @@ class _NotPillow(Exception):
 
 
 @contextmanager
-def _pillow_limit_off() -> Iterator[None]:
-    # Our own width*height check is the bomb guard; Pillow's would fire (as an error) only above
-    # 2x its limit and after it has already parsed the header, so it is switched off while we
-    # open, then restored for everyone else in the process.
+def pillow_pixel_limit(limit: int | None) -> Iterator[None]:
+    """Pillow's bomb limit (a module global) set to ``limit`` while the block runs, then
+    restored for everyone else in the process; one thread at a time."""
     with _PIL_LIMIT_LOCK:
         saved = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = None
+        Image.MAX_IMAGE_PIXELS = limit
         try:
             yield
         finally:
             Image.MAX_IMAGE_PIXELS = saved
+
+
+def _pillow_limit_off() -> AbstractContextManager[None]:
+    # Our own width*height check is the bomb guard; Pillow's would fire (as an error) only above
+    # 2x its limit and after it has already parsed the header, so it is switched off while we
+    # open.
+    return pillow_pixel_limit(None)
 
 
 def _decode_pillow(

@@ -47,7 +47,7 @@ def decode_tiff(
         raise TiffUnreadable(f"{path}: unreadable or corrupt TIFF: {exc}") from None
     with tf:
         try:
-            pages = _pages(tf)
+            pages = image_pages(tf)
         except ImageError:
             raise
         except Exception as exc:
@@ -85,7 +85,7 @@ def decode_tiff(
         return fmt, conv.mode, conv.description, rgb
 
 
-def _pages(tf: Any) -> list[Any]:
+def image_pages(tf: Any) -> list[Any]:
     """The full-resolution page of every image in the file, in order."""
     slide = any(getattr(tf, f"is_{flag}", False) for flag in SLIDE_FLAGS)
     series_list = tf.series[:1] if slide else tf.series

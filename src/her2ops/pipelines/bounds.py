@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 
-from her2ops.config import get_settings
 from her2ops.errors import InvalidRequest
 
 MAX_SYNTH_SIZE = 8192  # px per side: 8192^2 x 3 bytes = 200 MB per core in memory
@@ -31,39 +30,14 @@ def check_synth(*, patients: int, cores: int, size: int) -> None:
 
 def check_slide(path: Path, *, max_pixels: int | None = None) -> tuple[int, int]:
     """(height, width) a slide declares, read from its header only; InvalidRequest if it has
-    more than ``HER2OPS_MAX_SLIDE_PIXELS`` (the dearray reader decodes it whole)."""
-    limit = max_pixels or get_settings().max_slide_pixels
+    more than ``HER2OPS_MAX_SLIDE_PIXELS`` (the dearray reader decodes it whole) or holds
+    several images. The bound is :class:`~her2ops.imaging.dearray.SlideImage`'s own, so every
+    reader of slides applies the same one."""
+    from her2ops.imaging.dearray import SlideImage
+
     if not path.is_file():
         raise InvalidRequest(f"{path}: no such file")
-    try:
-        if path.suffix.lower() in (".tif", ".tiff", ".svs"):
-            import tifffile
-
-            with tifffile.TiffFile(path) as tf:
-                series = tf.series[0]
-                axes = series.axes
-                height, width = (
-                    int(series.shape[axes.index("Y")]),
-                    int(series.shape[axes.index("X")]),
-                )
-        else:
-            from PIL import Image
-
-            saved = Image.MAX_IMAGE_PIXELS
-            Image.MAX_IMAGE_PIXELS = None  # only the header is read here; the bound is ours
-            try:
-                with Image.open(path) as im:
-                    width, height = im.size
-            finally:
-                Image.MAX_IMAGE_PIXELS = saved
-    except Exception as exc:  # any reader error on an untrusted header is the file's fault
-        raise InvalidRequest(f"{path}: not a readable image ({exc})") from None
-    if height * width > limit:
-        raise InvalidRequest(
-            f"{path}: {width:,} x {height:,} px is more than HER2OPS_MAX_SLIDE_PIXELS "
-            f"({limit:,}); refused before decoding"
-        )
-    return height, width
+    return SlideImage(path, max_pixels=max_pixels).shape
 
 
 def check_grid(rows: int | None, cols: int | None) -> None:
