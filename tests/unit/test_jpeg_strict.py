@@ -177,3 +177,15 @@ def test_corrupt_data_that_still_fills_the_image_is_refused(
     path.write_bytes(bytes(data))
     with pytest.raises(ImageError):
         read_rgb(path, max_pixels=MAX)
+
+
+def test_lossless_jpeg_passes_and_its_cut_is_refused(tmp_path: Path, rgb: np.ndarray) -> None:
+    data = imagecodecs.jpeg8_encode(rgb, lossless=True, predictor=1)
+    path = tmp_path / "lossless.jpg"
+    path.write_bytes(data)
+    _, out = read_rgb(path, max_pixels=MAX)
+    np.testing.assert_array_equal(out, rgb)
+    start, end = _scan_data(data)
+    path.write_bytes(data[: (start + end) // 2] + EOI)
+    with pytest.raises(ImageError, match=r"lossless\.jpg: truncated JPEG"):
+        read_rgb(path, max_pixels=MAX)

@@ -192,8 +192,8 @@ def _check_complete(
     for number, scan in enumerate(scans, 1):
         if any(c not in sampling for c in scan.components):
             raise ImageError(f"{path}: corrupt JPEG (scan {number} names an unknown component)")
-        if not scan.restart_interval or not height:
-            continue
+        if not scan.restart_interval or not height or frame.marker == 0xC3:
+            continue  # (lossless: MCUs of single samples; left to the probe, untested here)
         if len(scan.components) > 1:  # interleaved: MCUs of hmax x vmax blocks
             mcus = math.ceil(width / (8 * hmax)) * math.ceil(height / (8 * vmax))
         else:  # one component: one block per MCU
