@@ -304,8 +304,11 @@ def _jobs() -> list[tuple[int, str, str]]:
 @pytest.mark.parametrize(
     ("user", "kinds"),
     [
-        ("eng", ["train", "score", "evaluate", "ensemble", "retrain", "selftest"]),
-        ("lm", ["score", "evaluate", "selftest"]),
+        (
+            "eng",
+            ["train", "score", "evaluate", "ensemble", "retrain", "study", "flags", "selftest"],
+        ),
+        ("lm", ["score", "evaluate", "study", "flags", "selftest"]),
     ],
 )
 def test_jobs_page_offers_the_roles_kinds(
