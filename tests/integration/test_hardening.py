@@ -130,6 +130,55 @@ def test_values_beyond_column_limits_are_refused_alike(db_url: str, tmp_path: Pa
             cast_vote(s, actor="p1", core="x", score="1+", comment="c" * 2001)
 
 
+def test_a_file_of_several_images_needs_its_page_chosen(db_url: str, tmp_path: Path) -> None:
+    """A multi-page TIFF is refused by name and count; with a ``page`` column, that page is
+    ingested (never silently page one); a bad page is a row error."""
+    import numpy as np
+    import tifffile
+
+    seed_users(1)
+    ramp = np.linspace(0, 60, 80, dtype=np.float32)[None, :, None]  # smooth: JPEG keeps it
+    pages = [
+        np.broadcast_to(np.array([40 + 80 * i, 200 - 70 * i, 120]) + ramp, (96, 80, 3)).astype(
+            np.uint8
+        )
+        for i in range(3)
+    ]
+    with tifffile.TiffWriter(tmp_path / "stack.tif") as tw:
+        for page in pages:
+            tw.write(page, photometric="rgb", metadata=None)
+    header = ("patient", "core", "image", "page")
+    plain = write_csv(tmp_path / "plain.csv", header, [("P1", "S1", "stack.tif", "")])
+    with pytest.raises(ImportRejected) as info, session_scope() as s:
+        ingest_manifest(s, actor="lm", manifest=plain, store=store(), max_pixels=10**6)
+    (error,) = info.value.errors
+    assert "stack.tif: TIFF holds 3 pages" in error.reason and "page 0 to 2" in error.reason
+    bad = write_csv(tmp_path / "bad.csv", header, [("P1", "S1", "stack.tif", "two")])
+    with pytest.raises(ImportRejected, match="page 'two' is not an integer"), session_scope() as s:
+        ingest_manifest(s, actor="lm", manifest=bad, store=store(), max_pixels=10**6)
+    beyond = write_csv(tmp_path / "beyond.csv", header, [("P1", "S1", "stack.tif", "5")])
+    with (
+        pytest.raises(ImportRejected, match="page 5 asked, the TIFF holds 3"),
+        session_scope() as s,
+    ):
+        ingest_manifest(s, actor="lm", manifest=beyond, store=store(), max_pixels=10**6)
+    chosen = write_csv(tmp_path / "chosen.csv", header, [("P1", "S1", "stack.tif", "2")])
+    with session_scope() as s:
+        ingest_manifest(s, actor="lm", manifest=chosen, store=store(), max_pixels=10**6)
+    with session_scope() as s:
+        core = s.scalar(select(Core).where(Core.code == "S1"))
+        assert core is not None and core.source_path.endswith("stack.tif [page 2]")
+        sha = core.sha256
+    img = store().open(sha, core="S1")
+    try:
+        level0 = img.read_level(0).astype(int)
+    finally:
+        img.close()
+    # the store keeps JPEG tiles (lossy, a few levels off): page 2, not page one
+    diffs = [float(np.abs(level0 - p).mean()) for p in pages]
+    assert diffs[2] < 3 < 50 < min(diffs[0], diffs[1]), diffs
+
+
 def test_split_names_are_checked(db_url: str) -> None:
     from her2ops.platform.splits import create_split
 

@@ -117,3 +117,22 @@ def test_dearray_errors(tmp_path: Path) -> None:
     junk = tmp_path / "junk.png"
     junk.write_bytes(b"not an image")
     _one_line_error(runner.invoke(app, ["dearray", str(junk), "--out", str(tmp_path / "o")]))
+
+
+def test_dearray_of_a_multi_page_slide_needs_its_page(tmp_path: Path) -> None:
+    import tifffile
+
+    path, truth = _slide(tmp_path)
+    slide = np.asarray(Image.open(path).convert("RGB"))
+    stack = tmp_path / "stack.tif"
+    with tifffile.TiffWriter(stack) as tif:
+        tif.write(np.full((64, 64, 3), 240, np.uint8), photometric="rgb")  # e.g. a blank
+        tif.write(slide, photometric="rgb")
+    result = runner.invoke(app, ["dearray", str(stack), "--out", str(tmp_path / "o")])
+    _one_line_error(result)
+    assert "holds 2 pages" in result.output and "choose one" in result.output
+    out = tmp_path / "cores"
+    args = ["dearray", str(stack), "--out", str(out), "--rows", "3", "--cols", "4", "--json"]
+    result = runner.invoke(app, [*args, "--page", "1"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["cores"] == len(truth)

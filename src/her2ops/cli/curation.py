@@ -161,7 +161,8 @@ def ingest(
         Path,
         typer.Argument(
             help="CSV: patient, core, image[, slide, row, col, "
-            "site]; image paths relative to the CSV."
+            "site, page]; image paths relative to the CSV; page picks one image of a "
+            "multi-image file."
         ),
     ],
     skip_invalid: SkipOpt = False,

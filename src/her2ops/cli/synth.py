@@ -103,6 +103,10 @@ def dearray_cmd(
         float | None,
         typer.Option(help="Expected core diameter in slide pixels (default: estimated).", min=1),
     ] = None,
+    page: Annotated[
+        int | None,
+        typer.Option(help="Which image of a file that holds several (0-based).", min=0),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
     """Find the cores of a TMA slide (Hough circles), give each its grid row and column, and
@@ -120,6 +124,7 @@ def dearray_cmd(
             rows=rows,
             cols=cols,
             diameter=diameter,
+            page=page,
             progress=bar,
         )
     if as_json:

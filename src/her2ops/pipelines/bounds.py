@@ -28,16 +28,19 @@ def check_synth(*, patients: int, cores: int, size: int) -> None:
         )
 
 
-def check_slide(path: Path, *, max_pixels: int | None = None) -> tuple[int, int]:
+def check_slide(
+    path: Path, *, max_pixels: int | None = None, page: int | None = None
+) -> tuple[int, int]:
     """(height, width) a slide declares, read from its header only; InvalidRequest if it has
     more than ``HER2OPS_MAX_SLIDE_PIXELS`` (the dearray reader decodes it whole) or holds
-    several images. The bound is :class:`~her2ops.imaging.dearray.SlideImage`'s own, so every
-    reader of slides applies the same one."""
+    several images and no ``page`` is chosen. The bound is
+    :class:`~her2ops.imaging.dearray.SlideImage`'s own, so every reader of slides applies the
+    same one."""
     from her2ops.imaging.dearray import SlideImage
 
     if not path.is_file():
         raise InvalidRequest(f"{path}: no such file")
-    return SlideImage(path, max_pixels=max_pixels).shape
+    return SlideImage(path, max_pixels=max_pixels, page=page).shape
 
 
 def check_grid(rows: int | None, cols: int | None) -> None:

@@ -111,16 +111,18 @@ def dearray_slide(
     rows: int | None = None,
     cols: int | None = None,
     diameter: float | None = None,
+    page: int | None = None,
     progress: Progress = no_progress,
 ) -> dict[str, Any]:
-    """Find the cores of a TMA slide, give each its grid position, write cores + manifest."""
+    """Find the cores of a TMA slide, give each its grid position, write cores + manifest.
+    ``page``: which image of a file that holds several (refused without it)."""
     from her2ops.imaging.dearray import SlideImage, dearray, found_to_dicts, write_cores
     from her2ops.pipelines.bounds import check_grid, check_slide
 
     check_grid(rows, cols)
-    check_slide(slide)  # the declared size, from the header, before anything is decoded
+    check_slide(slide, page=page)  # the declared size, from the header, before any decoding
     try:
-        image = SlideImage(slide)
+        image = SlideImage(slide, page=page)
         found = dearray(image, rows=rows, cols=cols, expected_diameter=diameter)
         if not found:
             raise InvalidRequest(f"no cores found on {slide}")

@@ -130,12 +130,16 @@ class _Candidate:
     grid_row: int | None
     grid_col: int | None
     site: str | None
+    page: int | None = None
     sha256: str = ""
     info: ImageInfo | None = None
 
 
 MANIFEST_REQUIRED = ("patient", "core", "image")
-MANIFEST_OPTIONAL = ("slide", "row", "col", "site")
+#: ``page``: which image of a file that holds several (multi-page TIFF, animated PNG,
+#: multi-picture JPEG), 0-based; such a file is refused without it.
+MANIFEST_OPTIONAL = ("slide", "row", "col", "site", "page")
+MAX_PAGE = 10_000
 
 
 #: Column limits of the schema, checked before the database so both dialects refuse alike.
@@ -170,6 +174,14 @@ def _parse_manifest_row(row: CsvRow, base: Path) -> _Candidate | RowError:
         if not 0 <= value_int <= MAX_GRID:
             return RowError(row.line, f"{name} {text[:20]!r} is not in 0..{MAX_GRID:,}", key)
         grid.append(value_int)
+    page: int | None = None
+    if text := row.get("page"):
+        try:
+            page = int(text)
+        except ValueError:
+            return RowError(row.line, f"page {text[:20]!r} is not an integer", key)
+        if not 0 <= page <= MAX_PAGE:
+            return RowError(row.line, f"page {text[:20]!r} is not in 0..{MAX_PAGE:,}", key)
     path = Path(image)
     if not path.is_absolute():
         path = base / path
@@ -182,6 +194,7 @@ def _parse_manifest_row(row: CsvRow, base: Path) -> _Candidate | RowError:
         grid_row=grid[0],
         grid_col=grid[1],
         site=row.get("site") or None,
+        page=page,
     )
 
 
@@ -331,7 +344,9 @@ def ingest_manifest(
     stored: dict[str, str] = {}
     for cand in progress(to_add):
         try:
-            cand.info, rgb = read_rgb(cand.image, max_pixels=max_pixels, sha256=cand.sha256)
+            cand.info, rgb = read_rgb(
+                cand.image, max_pixels=max_pixels, sha256=cand.sha256, page=cand.page
+            )
         except ImageError as exc:
             errors.append(RowError(cand.row.line, str(exc), cand.core))
             continue
@@ -377,7 +392,8 @@ def ingest_manifest(
                 slide_id=slide.id if slide else None,
                 grid_row=cand.grid_row,
                 grid_col=cand.grid_col,
-                source_path=str(cand.image),
+                source_path=str(cand.image)
+                + (f" [page {cand.page}]" if cand.page is not None else ""),
                 store_location=stored[cand.core],
                 sha256=cand.info.sha256,
                 width=cand.info.width,
