@@ -26,11 +26,15 @@
 
 \if :{?app_role}
 \else
-DO $$ BEGIN RAISE EXCEPTION 'psql variable app_role is not set (-v app_role=NAME)'; END $$;
+DO $$ BEGIN
+    RAISE EXCEPTION 'psql variable app_role is not set (-v app_role=NAME)';
+END $$;
 \endif
 \if :{?app_password}
 \else
-DO $$ BEGIN RAISE EXCEPTION 'psql variable app_password is not set (-v app_password=SECRET)'; END $$;
+DO $$ BEGIN
+    RAISE EXCEPTION 'psql variable app_password is not set (-v app_password=SECRET)';
+END $$;
 \endif
 \if :{?owner_role}
 \else
@@ -54,16 +58,24 @@ SELECT
 \gset
 
 \if :app_password_unusable
-DO $$ BEGIN RAISE EXCEPTION 'app_password is empty or the placeholder change-me'; END $$;
+DO $$ BEGIN
+    RAISE EXCEPTION 'app_password is empty or the placeholder change-me';
+END $$;
 \endif
 \if :app_role_is_owner
-DO $$ BEGIN RAISE EXCEPTION 'app_role must be a role of its own, not the owner or the role running this'; END $$;
+DO $$ BEGIN
+    RAISE EXCEPTION 'app_role must be a role of its own, not the owner or the role running this';
+END $$;
 \endif
 \if :app_role_has_attributes
-DO $$ BEGIN RAISE EXCEPTION 'app_role exists with SUPERUSER, CREATEROLE, CREATEDB, REPLICATION or BYPASSRLS: remove them first'; END $$;
+DO $$ BEGIN
+    RAISE EXCEPTION 'app_role has one of SUPERUSER CREATEROLE CREATEDB REPLICATION BYPASSRLS';
+END $$;
 \endif
 \if :app_role_in_owner
-DO $$ BEGIN RAISE EXCEPTION 'app_role is a member of the owner role (it would act as the owner): revoke that first'; END $$;
+DO $$ BEGIN
+    RAISE EXCEPTION 'app_role is a member of the owner role (it would act as the owner)';
+END $$;
 \endif
 
 BEGIN;
