@@ -3,7 +3,9 @@
 Two outside validators (Debian's ``docker-compose config -q`` and the Compose specification's
 JSON schema through ``check-jsonschema``) and our own rules: every ``depends_on`` target exists,
 every long-running service has a healthcheck, the GPU worker reserves a GPU, no secret has a
-default value, ``migrate`` is one-shot and every other her2ops service waits for it to succeed.
+default value, ``migrate`` is one-shot and every other her2ops service waits for it to succeed,
+and only ``migrate`` logs in as the schema's owner (the rest as the least-privileged app role that
+``db-grants`` sets up; tests/integration/test_db_roles.py checks what that role may do).
 The validators skip when their tool is missing, except under ``CI=true`` (``.ci/run`` installs
 docker-compose), where a missing tool fails the test.
 """
@@ -27,8 +29,9 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 
-SECRETS = ("POSTGRES_PASSWORD", "HER2OPS_DASHBOARD_COOKIE_SECRET")
-ONE_SHOT = {"migrate"}
+SECRETS = ("POSTGRES_PASSWORD", "POSTGRES_APP_PASSWORD", "HER2OPS_DASHBOARD_COOKIE_SECRET")
+ONE_SHOT = {"migrate", "db-grants"}
+OWNER, APP_ROLE = "her2ops", "her2ops_app"
 # Subcommands the stack runs that another issue is still adding to the CLI (skipped until then).
 BEING_BUILT: set[str] = set()
 INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)([^}]*)\}")
@@ -173,8 +176,15 @@ def test_migrate_is_one_shot_and_every_her2ops_service_waits_for_it(
         == "service_completed_successfully"
     }
     her2ops_services = {n for n, s in services.items() if _runs_her2ops(s)} - ONE_SHOT
-    assert her2ops_services == waiting
+    assert her2ops_services == waiting - ONE_SHOT
     assert {"worker-gpu", "worker-cpu", "dispatcher", "dashboard"} <= waiting
+    # ... and for the app role's privileges on the tables that migration created.
+    for name in her2ops_services:
+        condition = _depends_on(services[name]).get("db-grants", {}).get("condition")
+        assert condition == "service_completed_successfully", name
+    assert _depends_on(services["db-grants"])["migrate"]["condition"] == (
+        "service_completed_successfully"
+    )
 
 
 def test_the_gpu_worker_reserves_a_gpu_and_the_cpu_worker_none(
@@ -227,6 +237,74 @@ def test_env_example_documents_every_secret_with_a_placeholder_and_env_is_ignore
         pytest.skip("not a git checkout")
     ignored = subprocess.run([git, "-C", str(ROOT), "check-ignore", "-q", ".env"], check=False)
     assert ignored.returncode == 0, ".env must be in .gitignore"
+
+
+def _environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment", {})
+    if isinstance(env, list):
+        return dict(e.partition("=")[::2] for e in env)
+    return {k: str(v) for k, v in env.items()}
+
+
+def _db_user(url: str) -> str:
+    """The user name of a database URL (``scheme://user:password@host/db``)."""
+    return url.split("://", 1)[1].split("@", 1)[0].split(":", 1)[0]
+
+
+def test_only_migrate_logs_in_as_the_schema_owner(services: dict[str, dict[str, Any]]) -> None:
+    """The owner (who could drop votes or disable their triggers) runs migrations, nothing else."""
+    users = {
+        name: _db_user(_environment(s)["HER2OPS_DATABASE_URL"])
+        for name, s in services.items()
+        if _runs_her2ops(s)
+    }
+    assert users.pop("migrate") == OWNER
+    assert users and set(users.values()) == {APP_ROLE}, users
+    app_password = "${POSTGRES_APP_PASSWORD:?"
+    owner_password = "${POSTGRES_PASSWORD:?"
+    for name, service in services.items():
+        if not _runs_her2ops(service) or name == "migrate":
+            continue
+        url = _environment(service)["HER2OPS_DATABASE_URL"]
+        assert url.startswith(f"postgresql+psycopg://{APP_ROLE}:{app_password}"), name
+        assert owner_password not in url and url.endswith("@postgres:5432/her2ops"), name
+    # The owner's password reaches no her2ops process but migrate, in no variable.
+    for name, service in services.items():
+        if _runs_her2ops(service) and name != "migrate":
+            for key, value in _environment(service).items():
+                assert owner_password not in value, (name, key)
+
+
+def test_postgres_and_db_grants_create_the_app_role_with_its_own_secret(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    postgres, grants = services["postgres"], services["db-grants"]
+    init_dir = ROOT / "deploy" / "postgres-init"
+    script = init_dir / "02-app-role.sh"
+    sql = ROOT / "deploy" / "postgres-app-role.sql"
+    for name, service in (("postgres", postgres), ("db-grants", grants)):
+        env = _environment(service)
+        assert env["POSTGRES_APP_USER"] == APP_ROLE, name
+        assert env["POSTGRES_APP_PASSWORD"].startswith("${POSTGRES_APP_PASSWORD:?"), name
+        assert env["POSTGRES_USER"] == env["POSTGRES_DB"] == OWNER, name
+    # The init directory (run by the image on a fresh volume) holds the script; the script finds
+    # the SQL at the path it defaults to, in both containers.
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in postgres["volumes"]}
+    assert (ROOT / mounts["/docker-entrypoint-initdb.d"]).resolve() == init_dir
+    default_sql = re.search(r"HER2OPS_APP_ROLE_SQL:-([^}]+)}", script.read_text()).group(1)  # type: ignore[union-attr]
+    assert (ROOT / mounts[default_sql]).resolve() == sql
+    # db-grants runs the same script, over TCP as the owner, after migrate.
+    assert grants["image"] == postgres["image"]
+    (grant_mount,) = grants["volumes"]
+    host, container = grant_mount.split(":")[:2]
+    command = _command(grants)
+    assert command[0] == "bash"
+    assert (ROOT / host / Path(command[1]).relative_to(container)).resolve() == script
+    assert (ROOT / host / Path(default_sql).relative_to(container)).resolve() == sql
+    env = _environment(grants)
+    assert env["PGHOST"] == "postgres"
+    assert env["PGPASSWORD"].startswith("${POSTGRES_PASSWORD:?")
+    assert str(grants.get("restart", "no")) == "no" and "healthcheck" not in grants
 
 
 def test_redis_keeps_queued_jobs_across_a_restart(services: dict[str, dict[str, Any]]) -> None:
