@@ -204,5 +204,20 @@ def downgrade_database(
             key=revision,
             details={"from": rev},
         )
-    migrate.downgrade(revision, url)
+        user_id = user.id
+    try:
+        migrate.downgrade(revision, url)
+    except Exception as exc:
+        # the event above was written first (a downgrade may drop the audit table itself): say
+        # that it did not happen, so the log never shows a downgrade that the database refused
+        with session_scope(url) as s:
+            audit.record(
+                s,
+                actor=s.get(User, user_id),
+                action="db.downgrade_failed",
+                entity="schema",
+                key=revision,
+                details={"from": rev, "error": str(exc).splitlines()[0][:500]},
+            )
+        raise
     return {"current": migrate.current(url), "head": migrate.head(), "changed": True}
