@@ -4,6 +4,7 @@ one plan for the scorer."""
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from her2ops.imaging.pss import sample_sets
 from her2ops.imaging.store import CoreStore
 from her2ops.models.data import LabelledCore
 from her2ops.pipelines.sampling import StoreSampler, set_chunks
-from her2ops.pipelines.score import _SetChunks
+from her2ops.pipelines.score import _iter_chunks, _SetChunks
 from her2ops.platform.predictions import CoreRef
 from her2ops.profiles import get_profile
 
@@ -114,3 +115,71 @@ def test_scoring_chunks_stream_a_core_and_close_an_unreadable_one(
     assert [(pos, idx) for pos, idx, _ in failed] == [(1, [4])]
     assert isinstance(failed[0][2], str) and failed[0][2].startswith("C2: ")
     assert "corrupt" in failed[0][2]
+
+
+def _corrupt_level0(path: Path) -> None:
+    """Flip a byte in the middle of every level-0 tile of a stored core."""
+    with tifffile.TiffFile(path) as tf:
+        page = tf.series[0].levels[0].keyframe
+        offsets = [o + n // 2 for o, n in zip(page.dataoffsets, page.databytecounts, strict=True)]
+    with open(path, "r+b") as fh:
+        for offset in offsets:
+            fh.seek(offset)
+            byte = fh.read(1)
+            fh.seek(offset)
+            fh.write(bytes([byte[0] ^ 0x5A]))
+
+
+@pytest.mark.timeout(120)
+def test_worker_batches_stay_intact_while_the_consumer_holds_them(
+    stored: tuple[Path, str],
+) -> None:
+    """Two sampling processes write into rings of 2 slots each while a slow consumer holds
+    every batch a while: each batch it reads, after its work, equals an in-process draw of
+    the same core and sets. The DataLoader keeps 2 tasks per worker in flight (4 for worker 0
+    once worker 1, with one core to worker 0's two, is done): with the batch the consumer
+    holds, more than a ring of 2, so only the ring's own flow control keeps a worker from
+    overwriting the slot the consumer reads."""
+    root, sha = stored
+    cores = [CoreRef(i, f"C{i}", sha) for i in range(3)]  # the code keys the draw
+    ds = _SetChunks(cores, StoreSampler(root, CFG), n=7, chunk=2, seed=3)
+    expected = {(pos, tuple(idx)): sets for pos in range(3) for pos, idx, sets in ds.stream(pos)}
+    seen = []
+    for pos, idx, sets in _iter_chunks(ds, 2, False, prefetch=2, slots=2):
+        assert not isinstance(sets, str)
+        time.sleep(0.05)  # the network at work on the batch
+        np.testing.assert_array_equal(sets, expected[pos, tuple(idx)])
+        seen.append((pos, tuple(idx)))
+    assert sorted(seen) == sorted(expected)
+    # chunks of a core arrive in order
+    for pos in range(3):
+        assert [i for p, i in seen if p == pos] == [tuple(c) for c in ds.chunks]
+
+
+@pytest.mark.timeout(120)
+def test_worker_path_turns_an_unreadable_core_into_its_error_and_goes_on(
+    stored: tuple[Path, str], tmp_path: Path
+) -> None:
+    """An unreadable core in a sampling process is its error text (its slot released: the
+    cores after it still arrive, through a ring of one slot), and every other batch equals
+    the in-process draw."""
+    root, sha = stored
+    rng = np.random.default_rng(1)
+    small = rng.integers(40, 220, (40, 45, 3), dtype=np.uint8)
+    image = np.asarray(Image.fromarray(small).resize((720, 640), Image.Resampling.BILINEAR))
+    bad = hashlib.sha256(image.tobytes()).hexdigest()
+    CoreStore(root).put_array(image, sha256=bad)
+    _corrupt_level0(CoreStore(root).path_for(bad))
+    cores = [CoreRef(1, "C1", sha), CoreRef(2, "C2", bad), CoreRef(3, "C3", sha)]
+    ds = _SetChunks(cores, StoreSampler(root, CFG), n=5, chunk=2, seed=0)
+    expected = [item for pos in range(3) for item in ds.stream(pos)]
+    got = [
+        (pos, idx, sets if isinstance(sets, str) else sets.copy())
+        for pos, idx, sets in _iter_chunks(ds, 1, False, prefetch=1, slots=1)
+    ]
+    assert [(p, i) for p, i, _ in got] == [(p, i) for p, i, _ in expected]
+    for (_, _, a), (_, _, b) in zip(got, expected, strict=True):
+        if isinstance(b, str):
+            assert a == b and a.startswith("C2: ") and "corrupt" in a
+        else:
+            np.testing.assert_array_equal(a, b)

@@ -34,7 +34,7 @@ time under one plan (the scorer's way).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, cast
 
@@ -197,7 +197,7 @@ def iter_set_batches(
     key: str,
     seed: int,
     batches: Sequence[Sequence[int]],
-    out: np.ndarray | None = None,
+    out: np.ndarray | Callable[[], np.ndarray] | None = None,
     channels_last: bool = False,
 ) -> Iterator[np.ndarray]:
     """Yield, for each list of set indices in ``batches``, those sets stacked as
@@ -211,19 +211,31 @@ def iter_set_batches(
     ``out[:len(b)]`` and that view yielded, so the consumer must be done with a batch before
     asking for the next. Fresh memory costs a page fault per 4 kB (a 12-set paper batch is
     480 MB), about as much as sampling it: reuse the buffer where the consumer allows it.
+    ``out`` may also be a callable giving such a buffer for each batch in turn, called just
+    before the batch is filled (a ring of buffers shared with a consumer in another process,
+    which may block until the consumer frees one: :class:`her2ops.pipelines.sampling.BatchRing`).
     """
     plans = [[plan_set(img, cfg, key=key, seed=seed, index=i) for i in batch] for batch in batches]
-    if out is not None:
-        largest = max((len(b) for b in plans), default=0)
-        if out.ndim == 0 or len(out) < largest:
-            raise ValueError(f"out must hold at least {largest} sets, got shape {out.shape}")
-        _output(cfg, out[:largest], (largest,), channels_last)  # checks shape and layout
+    if isinstance(out, np.ndarray):
+        _batch_view(cfg, out, max((len(b) for b in plans), default=0), channels_last)
     with _gather(img, cfg, plans, channels_last) as gather:
         for batch_plans in plans:
             n = len(batch_plans)
-            target = out[:n] if out is not None else _output(cfg, None, (n,), channels_last)
+            if out is None:
+                target = _output(cfg, None, (n,), channels_last)
+            else:
+                target = _batch_view(
+                    cfg, out if isinstance(out, np.ndarray) else out(), n, channels_last
+                )
             _fill(gather, cfg, batch_plans, list(target))
             yield target
+
+
+def _batch_view(cfg: PSSConfig, out: np.ndarray, n: int, channels_last: bool) -> np.ndarray:
+    """The first ``n`` sets of the buffer ``out``, checked (size, shape and layout)."""
+    if out.ndim == 0 or len(out) < n:
+        raise ValueError(f"out must hold at least {n} sets, got shape {out.shape}")
+    return _output(cfg, out[:n], (n,), channels_last)
 
 
 def whole_core_patch(

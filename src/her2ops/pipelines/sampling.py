@@ -7,10 +7,11 @@ without a transposing copy; the network rearranges them on its device
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -104,12 +105,14 @@ class StoreSampler:
         seed: int,
         batches: Sequence[Sequence[int]],
         *,
-        out: np.ndarray | None = None,
+        out: np.ndarray | Callable[[], np.ndarray] | None = None,
     ) -> Iterator[np.ndarray]:
         """The sets ``batches`` of one core, one stacked array per batch, under one plan: each
         tile is decoded once for all the batches (the scorer draws a core's N sets this way).
         With ``out`` (from :meth:`batch_buffer`) every batch is written into it, no fresh
-        memory: the consumer must be done with a batch before asking for the next."""
+        memory: the consumer must be done with a batch before asking for the next. ``out`` may
+        also be a callable giving the buffer for each batch in turn
+        (:meth:`BatchRing.next_buffer`)."""
         img = self._image(sha256, core)
         try:
             yield from iter_set_batches(
@@ -124,15 +127,110 @@ class StoreSampler:
         except StoreError as exc:
             raise OSError(str(exc)) from exc
 
-    def batch_buffer(self, n_sets: int) -> np.ndarray:
-        """An uninitialised buffer of ``n_sets`` sets in this sampler's layout."""
+    def batch_shape(self, n_sets: int) -> tuple[int, ...]:
+        """The shape of ``n_sets`` sets (uint8) in this sampler's layout."""
         size, cfg = self.cfg.patch_size, self.cfg
         per_set = (
             (cfg.num_patches, size, size, 3) if self.channels_last else (cfg.channels, size, size)
         )
-        return np.empty((n_sets, *per_set), dtype=np.uint8)
+        return (n_sets, *per_set)
+
+    def batch_buffer(self, n_sets: int) -> np.ndarray:
+        """An uninitialised buffer of ``n_sets`` sets in this sampler's layout."""
+        return np.empty(self.batch_shape(n_sets), dtype=np.uint8)
 
     def close(self) -> None:
         for img in self._open.values():
             img.close()
         self._open.clear()
+
+
+class BatchRing:
+    """Batch buffers in shared memory, ``slots`` per sampling process, reused in turn: a
+    DataLoader worker writes a batch into one of its slots and hands the consumer only where
+    it is (:meth:`handed`), so no batch is copied and no fresh memory is touched per batch
+    (fresh memory costs a page fault per 4 kB: about as much as sampling a 480 MB paper batch).
+    Memory: ``processes x slots`` batches, allocated once by the consumer before the workers
+    start, faulted in once.
+
+    Why a slot is never overwritten while the consumer reads it: each process has a semaphore
+    counting its free slots (``slots`` at the start). A process takes one before it writes its
+    m-th batch into slot ``m % slots`` (:meth:`next_buffer`); the consumer gives it back when it
+    is done with that batch (:meth:`release`: when it asks for the next item). A process's
+    batches reach the consumer in the order written and are released in that order, so when
+    batch m gets its slot, batches ``0..m - slots`` have all been released, and the slot last
+    held batch ``m - slots``. This does not rest on how far the DataLoader runs ahead: it keeps
+    ``prefetch_factor`` tasks per worker in flight only while every worker is busy (once some
+    have finished, one worker may hold ``prefetch_factor x workers`` of them); a process more
+    than ``slots`` batches ahead of the consumer waits. No deadlock: the item the consumer waits
+    for comes from a process whose earlier batches it has all released (it asked for the next
+    item), so that process has a free slot. ``slots = prefetch_factor + 1`` is enough for a
+    process never to wait while every worker is busy.
+
+    Picklable for DataLoader workers (the tensors are shared, the semaphores inherited), under
+    the multiprocessing context given (the DataLoader's must be the same).
+    """
+
+    def __init__(
+        self, processes: int, slots: int, batch_shape: tuple[int, ...], context: Any
+    ) -> None:
+        import torch
+
+        if processes < 1 or slots < 1:
+            raise ValueError(f"need at least one process and one slot, got {processes}, {slots}")
+        self.slots = slots
+        self.buffers = [
+            torch.empty((slots, *batch_shape), dtype=torch.uint8).share_memory_()
+            for _ in range(processes)
+        ]
+        self._free = [context.Semaphore(slots) for _ in range(processes)]
+        self._consumer = os.getpid()
+        self._written = 0  # batches written by this process (in a worker)
+        self._pending: int | None = None  # the slot handed out, not yet announced
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.numel() for b in self.buffers)
+
+    @staticmethod
+    def _process() -> int:
+        from torch.utils.data import get_worker_info
+
+        info = get_worker_info()
+        if info is None:
+            raise RuntimeError("BatchRing.next_buffer runs in a DataLoader worker")
+        return int(info.id)
+
+    def next_buffer(self) -> np.ndarray:
+        """(In a worker) the buffer for this process's next batch, once the consumer is done
+        with the batch that held it last."""
+        worker = self._process()
+        while not self._free[worker].acquire(timeout=1.0):
+            if os.getppid() != self._consumer:
+                raise RuntimeError("the consuming process has ended")
+        slot = self._written % self.slots
+        self._written += 1
+        self._pending = slot
+        return self.buffers[worker][slot].numpy()
+
+    def handed(self) -> tuple[int, int] | None:
+        """(In a worker) ``(process, slot)`` of the last buffer from :meth:`next_buffer`, to
+        hand to the consumer with the batch (or with the error that stopped filling it, so
+        that its slot is released all the same); ``None`` if none is outstanding."""
+        slot, self._pending = self._pending, None
+        return None if slot is None else (self._process(), slot)
+
+    def batch(self, where: tuple[int, int], n_sets: int) -> np.ndarray:
+        """(In the consumer) the batch of ``n_sets`` sets at ``where``, in place."""
+        worker, slot = where
+        return cast(np.ndarray, self.buffers[worker][slot, :n_sets].numpy())
+
+    def release(self, where: tuple[int, int]) -> None:
+        """(In the consumer) done with the batch at ``where``: its slot may be written again."""
+        self._free[where[0]].release()
+
+    def close(self) -> None:
+        """(In the consumer) stop reading: no worker waits for a slot any more."""
+        for free in self._free:
+            for _ in range(self.slots):
+                free.release()

@@ -5,18 +5,19 @@ under that key is skipped. Each core's prediction is committed as soon as it is 
 scoring job loses at most the core in flight and a re-run does only what is left.
 
 Sampling runs ahead of the network: a ``DataLoader`` (``loader_workers`` processes, each taking
-whole cores; pinned memory on CUDA) draws the next batches of pyramid sampling sets while the
-current batch is on the network. A core's N sets are drawn a batch at a time under one plan, so
-each of its tiles is decoded once, and channels-last (no transposes on the CPU: the network
-rearranges them on its device). Weights come from the run's weights-only artefact
-(``torch.load(weights_only=True)``), so scoring never unpickles code from the tracking store.
+whole cores) draws the next batches of pyramid sampling sets while the current batch is on the
+network, each process into a ring of shared-memory buffers that it reuses (no batch is copied).
+A core's N sets are drawn a batch at a time under one plan, so each of its tiles is decoded
+once, and channels-last (no transposes on the CPU: the network rearranges them on its device).
+Weights come from the run's weights-only artefact (``torch.load(weights_only=True)``), so
+scoring never unpickles code from the tracking store.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,7 +128,7 @@ class _SetChunks:
         self.chunks = set_chunks(n, chunk)
 
     def stream(
-        self, pos: int, out: np.ndarray | None = None
+        self, pos: int, out: np.ndarray | Callable[[], np.ndarray] | None = None
     ) -> Iterator[tuple[int, list[int], Any]]:
         """One core's chunks; into ``out`` (see ``StoreSampler.core_batches``) when given."""
         core = self.cores[pos]
@@ -139,31 +140,80 @@ class _SetChunks:
             yield pos, self.chunks[-1], f"{core.code}: {exc}"
 
 
-def _iter_chunks(ds: _SetChunks, workers: int, pin: bool) -> Iterator[Any]:
+class _RingChunks:
+    """The chunks of a core as a sampling process yields them: each batch written into the
+    process's next :class:`~her2ops.pipelines.sampling.BatchRing` slot, and only
+    ``(pos, set indices, error text or None, (process, slot) or None)`` handed over."""
+
+    def __init__(self, ds: _SetChunks, ring: Any) -> None:
+        self.ds, self.ring = ds, ring
+
+    def __call__(self, pos: int) -> Iterator[tuple[int, list[int], str | None, Any]]:
+        for pos_, idx, sets in self.ds.stream(pos, self.ring.next_buffer):
+            where = self.ring.handed()  # also the slot of a batch that failed half-filled
+            yield pos_, idx, sets if isinstance(sets, str) else None, where
+
+
+#: Batches a sampling process draws ahead of the network, by batch size: 1 for big batches
+#: (a paper batch is 480 MB), 2 for small ones.
+BIG_BATCH_BYTES = 64 << 20
+
+
+def _iter_chunks(
+    ds: _SetChunks,
+    workers: int,
+    pin: bool,
+    *,
+    prefetch: int | None = None,
+    slots: int | None = None,
+) -> Iterator[Any]:
     """Every core's chunks; with ``workers``, cores are dealt to sampling processes that run
-    ahead of the network (a core's chunks come from one process, in order, each a fresh array
-    that the DataLoader hands over)."""
-    positions = range(len(ds.cores))
+    ahead of the network (a core's chunks come from one process, in order). Each process
+    writes its batches into a ring of ``slots = prefetch + 1`` shared-memory buffers (see
+    :class:`~her2ops.pipelines.sampling.BatchRing`: memory ``workers x (prefetch + 1)``
+    batches, where handing fresh arrays over held up to ``workers x (prefetch + 1) + 1`` and
+    copied each twice), and a batch is a view of its slot until the consumer asks for the next.
+    ``pin`` (CUDA) is not applied to the ring (the DataLoader's pinning would copy every
+    batch again): registering the ring's buffers in place is left undone, unmeasured."""
+    largest = max(len(c) for c in ds.chunks)
     if workers == 0:
         # In process, the consumer is done with a chunk before it asks for the next: one
         # buffer serves every chunk (fresh memory would cost as much as sampling into it).
-        out = ds.sampler.batch_buffer(max(len(c) for c in ds.chunks))
-        for pos in positions:
+        out = ds.sampler.batch_buffer(largest)
+        for pos in range(len(ds.cores)):
             yield from ds.stream(pos, out)
         return
+    import multiprocessing
+
     from torch.utils.data import DataLoader
 
     from her2ops.models.data import ShardedStream
+    from her2ops.pipelines.sampling import BatchRing
 
+    shape = ds.sampler.batch_shape(largest)
+    if prefetch is None:
+        prefetch = 1 if int(np.prod(shape)) > BIG_BATCH_BYTES else 2
+    context = multiprocessing.get_context()
+    ring = BatchRing(workers, prefetch + 1 if slots is None else slots, shape, context)
     loader: DataLoader[Any] = DataLoader(
-        ShardedStream(positions, ds.stream),
+        ShardedStream(range(len(ds.cores)), _RingChunks(ds, ring)),
         batch_size=None,
         num_workers=workers,
-        pin_memory=pin,
-        prefetch_factor=2,
+        prefetch_factor=prefetch,
         persistent_workers=False,
+        multiprocessing_context=context,
     )
-    yield from loader
+    it = iter(loader)
+    try:
+        for pos, idx, error, where in it:
+            try:
+                yield pos, idx, error if error is not None else ring.batch(where, len(idx))
+            finally:  # the consumer asked for the next chunk (or stopped): done with this one
+                if where is not None:
+                    ring.release(where)
+    finally:
+        ring.close()  # no worker waits for a slot while the loader shuts down
+        del it
 
 
 def default_loader_workers() -> int:
