@@ -404,7 +404,9 @@ def _case_worker(
     ]
     ds = _SetChunks(cores, StoreSampler(store_root, cfg), n_sets, batch, 0)
     marks: list[tuple[float, float]] = []
-    for _, idx, sets in _iter_chunks(ds, 1, False):
+    # (before the ring, ``_iter_chunks`` took a ``pin`` flag)
+    legacy = "pin" in inspect.signature(_iter_chunks).parameters
+    for _, idx, sets in _iter_chunks(ds, 1, False) if legacy else _iter_chunks(ds, 1):
         if isinstance(sets, str):
             raise RuntimeError(sets)
         int(np.asarray(sets).reshape(-1)[::4096].sum())  # the network reads the batch

@@ -145,7 +145,7 @@ def test_worker_batches_stay_intact_while_the_consumer_holds_them(
     ds = _SetChunks(cores, StoreSampler(root, CFG), n=7, chunk=2, seed=3)
     expected = {(pos, tuple(idx)): sets for pos in range(3) for pos, idx, sets in ds.stream(pos)}
     seen = []
-    for pos, idx, sets in _iter_chunks(ds, 2, False, prefetch=2, slots=2):
+    for pos, idx, sets in _iter_chunks(ds, 2, prefetch=2, slots=2):
         assert not isinstance(sets, str)
         time.sleep(0.05)  # the network at work on the batch
         np.testing.assert_array_equal(sets, expected[pos, tuple(idx)])
@@ -175,7 +175,7 @@ def test_worker_path_turns_an_unreadable_core_into_its_error_and_goes_on(
     expected = [item for pos in range(3) for item in ds.stream(pos)]
     got = [
         (pos, idx, sets if isinstance(sets, str) else sets.copy())
-        for pos, idx, sets in _iter_chunks(ds, 1, False, prefetch=1, slots=1)
+        for pos, idx, sets in _iter_chunks(ds, 1, prefetch=1, slots=1)
     ]
     assert [(p, i) for p, i, _ in got] == [(p, i) for p, i, _ in expected]
     for (_, _, a), (_, _, b) in zip(got, expected, strict=True):

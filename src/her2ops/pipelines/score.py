@@ -162,7 +162,6 @@ BIG_BATCH_BYTES = 64 << 20
 def _iter_chunks(
     ds: _SetChunks,
     workers: int,
-    pin: bool,
     *,
     prefetch: int | None = None,
     slots: int | None = None,
@@ -173,8 +172,10 @@ def _iter_chunks(
     :class:`~her2ops.pipelines.sampling.BatchRing`: memory ``workers x (prefetch + 1)``
     batches, where handing fresh arrays over held up to ``workers x (prefetch + 1) + 1`` and
     copied each twice), and a batch is a view of its slot until the consumer asks for the next.
-    ``pin`` (CUDA) is not applied to the ring (the DataLoader's pinning would copy every
-    batch again): registering the ring's buffers in place is left undone, unmeasured."""
+    The ring is not pinned (the DataLoader's pinning would copy every batch again), so a
+    batch goes to a GPU from pageable memory; registering the ring's buffers as pinned in
+    place (``cudaHostRegister``) is left undone: unmeasured, and a pinned batch's copy runs
+    asynchronously, past the point where the consumer gives its slot back."""
     largest = max(len(c) for c in ds.chunks)
     if workers == 0:
         # In process, the consumer is done with a chunk before it asks for the next: one
@@ -299,7 +300,7 @@ def _score(
     total_seconds = 0.0
     finished = 0
     try:
-        for pos, idx, sets in _iter_chunks(ds, workers, dev.type == "cuda"):
+        for pos, idx, sets in _iter_chunks(ds, workers):
             started.setdefault(pos, time.perf_counter())
             if isinstance(sets, str):
                 if pos not in failed:
