@@ -208,20 +208,20 @@ def run_study_for(
         data = np.load(cache)
         probs, labels = data["probs"], data["labels"]
     else:
+        from her2ops.pipelines.sampling import set_chunks
+
         net, dev = load_model(rt, mv, device)
         sampler = rt.sampler(profile.pss)
+        # A core's M sets under one plan (each tile decoded once for all of them), a batch at a
+        # time into one reused buffer: memory is one batch, not M sets.
+        batch = profile.recipe.batch_size
+        chunks = set_chunks(study_sets, batch)
+        buffer = sampler.batch_buffer(len(chunks[0]))
         all_probs = []
         for item in track(items, progress, f"caching {study_sets} set outputs per core"):
-            draw = sampler.for_core(item.sha256, item.core)
-            outs = []
-            for start in range(0, study_sets, 60):
-                idx = list(range(start, min(start + 60, study_sets)))
-                # seed 1 keeps these sets apart from the scoring sets (seed 0)
-                outs.append(
-                    predict_sets(
-                        net, draw(1, idx), device=dev, batch_size=profile.recipe.batch_size
-                    )
-                )
+            # seed 1 keeps these sets apart from the scoring sets (seed 0)
+            batches = sampler.core_batches(item.sha256, item.core, 1, chunks, out=buffer)
+            outs = [predict_sets(net, sets, device=dev, batch_size=batch) for sets in batches]
             all_probs.append(np.concatenate(outs))
         sampler.close()
         probs = np.stack(all_probs).astype(np.float32)
