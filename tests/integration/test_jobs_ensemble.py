@@ -98,7 +98,9 @@ def test_member_failure_fails_the_ensemble_and_cancel_cascades(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
-def test_ensemble_trains_its_members_and_names_their_versions(db_url: str, synthetic: Path) -> None:
+def test_ensemble_trains_its_members_and_names_their_versions(
+    db_url: str, synthetic: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import torch
 
     torch.set_num_threads(1)
@@ -218,3 +220,38 @@ def test_ensemble_trains_its_members_and_names_their_versions(db_url: str, synth
     expected = np.mean([finals[c] == y for c, y in labels.items()])
     assert np.isclose(res["metrics"]["accuracy"], expected)
     assert all(0.0 <= m["metrics"]["accuracy"] <= 1.0 for m in res["members"])
+
+    # the same from the foreground commands: `score --ensemble` and `evaluate --ensemble`
+    import json
+
+    from typer.testing import CliRunner
+
+    from her2ops.cli import app
+
+    monkeypatch.setenv("HER2OPS_REQUIRE_CREDENTIALS", "false")  # login is tested elsewhere
+    get_settings.cache_clear()
+
+    def cli(*args: str) -> Any:
+        return CliRunner().invoke(app, ["--as", "eng", *args])
+
+    out = cli("score", "--ensemble", str(parent), "--split", "main", "--partition", "test",
+              "--rule", "mean_prob", "--json")  # fmt: skip
+    assert out.exit_code == 0, out.output
+    scored = json.loads(out.stdout)
+    assert scored["rule"] == "mean_prob" and scored["members"] == [1, 2]
+    assert scored["scored"] == n_cores and scored["already_scored"] == 0  # members reused
+    out = cli("evaluate", "--ensemble", str(parent), "--split", "main")
+    assert out.exit_code == 0, out.output
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith(f"ensemble {parent} (rule pooled_kcs) on main/test: ")
+    assert lines[1].split() == ["ensemble", "v1", "v2"]
+    accuracy = next(line.split() for line in lines if line.strip().startswith("accuracy"))
+    assert float(accuracy[1]) == pytest.approx(res["metrics"]["accuracy"], abs=1e-4)
+    assert [float(v) for v in accuracy[2:]] == pytest.approx(
+        [m["metrics"]["accuracy"] for m in res["members"]], abs=1e-4
+    )
+    out = cli("evaluate", "--split", "main")
+    assert out.exit_code == 2 and "give a MODEL or --ensemble" in out.output
+    out = cli("evaluate", "--ensemble", str(parent), "--split", "main", "--background", "--json")
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["params"]["ensemble"] == parent

@@ -112,12 +112,26 @@ def train(
         )
 
 
+EnsembleOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--ensemble", help="Use a trained ensemble instead of one model (its ensemble job id)."
+    ),
+]
+RuleOpt = Annotated[
+    str,
+    typer.Option("--rule", help="Ensemble combine rule: pooled_kcs, majority or mean_prob."),
+]
+
+
 @app.command("score")
 def score(
     model: Annotated[
         str,
         typer.Option("--model", help="champion, challenger, a version number or an MLflow run id."),
     ] = "champion",
+    ensemble: EnsembleOpt = None,
+    rule: RuleOpt = "pooled_kcs",
     core: Annotated[list[str] | None, typer.Option("--core", help="Core code (repeatable).")] = (
         None
     ),
@@ -136,7 +150,7 @@ def score(
 
     if background:
         params = {
-            "model": model,
+            **({"ensemble": ensemble, "rule": rule} if ensemble is not None else {"model": model}),
             "cores": core or None,
             "split": split,
             "partition": partition,
@@ -149,6 +163,21 @@ def score(
         submit_in_background("score", params, json_out=json_out)
         return
 
+    if ensemble is not None:
+        _score_ensemble(
+            ensemble,
+            rule=rule,
+            cores=core,
+            split=split,
+            partition=partition,
+            n_sets=sets,
+            top_k=top_k,
+            seed=seed,
+            confidence=confidence,
+            device=device,
+            json_out=json_out,
+        )
+        return
     with BarProgress(enabled=not json_out) as bar:
         rep = call(
             score_cores,
@@ -179,6 +208,41 @@ def score(
     )
     for f in rep.failed:
         typer.echo(f"  failed: {f}", err=True)
+
+
+def _score_ensemble(ensemble: int, *, json_out: bool, **kwargs: Any) -> None:
+    from her2ops.pipelines.ensemble import score_ensemble
+    from her2ops.scores import SCORE_LABELS
+
+    with BarProgress(enabled=not json_out) as bar:
+        rep = call(score_ensemble, actor=actor(), ensemble=ensemble, progress=bar, **kwargs)
+    if json_out:
+        emit_json(rep.to_dict())
+        return
+    members = ", ".join(f"v{v}" for v in rep.members)
+    for r in rep.rows:
+        finals = " ".join(SCORE_LABELS[f] for f in r["members"])
+        typer.echo(f"{r['core']:<16} {SCORE_LABELS[r['final']]:<3} members {finals}")
+    typer.echo(
+        f"scored {rep.scored} core(s) with ensemble {rep.ensemble} ({members}; rule "
+        f"{rep.rule}, N={rep.n_sets}, k={rep.top_k}); {rep.already_scored} already scored"
+    )
+
+
+def print_ensemble_evaluation(res: dict[str, Any]) -> None:
+    """The ensemble's metrics beside each member's, on the same cores."""
+    columns = [c for c in res["table"][0] if c != "metric"] if res["table"] else []
+    typer.echo(
+        f"ensemble {res['ensemble']} (rule {res['rule']}) on {res['split']}/{res['partition']}: "
+        f"{res['cores']} cores, N={res['n_sets']}, k={res['top_k']}"
+    )
+    typer.echo(f"  {'':<32} " + " ".join(f"{c:>9}" for c in columns))
+    for row in res["table"]:
+        cells = []
+        for c in columns:
+            v = row[c]
+            cells.append(f"{'-' if v is None else (v if isinstance(v, int) else f'{v:.4f}'):>9}")
+        typer.echo(f"  {row['metric']:<32} " + " ".join(cells))
 
 
 def print_evaluation(res: dict[str, Any]) -> None:
@@ -221,8 +285,13 @@ def print_evaluation(res: dict[str, Any]) -> None:
 
 @app.command("evaluate")
 def evaluate(
-    model: Annotated[str, typer.Argument(help="champion, challenger, version or run id.")],
     split: Annotated[str, typer.Option(help="Split.")],
+    model: Annotated[
+        str | None,
+        typer.Argument(help="champion, challenger, version or run id (or give --ensemble)."),
+    ] = None,
+    ensemble: EnsembleOpt = None,
+    rule: RuleOpt = "pooled_kcs",
     partition: Annotated[str, typer.Option(help="Partition to evaluate.")] = "test",
     sets: SetsOpt = None,
     top_k: TopKOpt = None,
@@ -239,10 +308,13 @@ def evaluate(
     background: BackgroundOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Accuracy, specificity, ROC AUCs, adjacent-class accuracy, kappa, ECE; logged to MLflow."""
+    """Accuracy, specificity, ROC AUCs, adjacent-class accuracy, kappa, ECE; logged to MLflow.
+    With --ensemble: the ensemble's metrics beside each member's, on the same cores."""
+    if (model is None) == (ensemble is None):
+        raise typer.BadParameter("give a MODEL or --ensemble ID (one of them)")
     if background:
         params = {
-            "model": model,
+            **({"ensemble": ensemble, "rule": rule} if ensemble is not None else {"model": model}),
             "split": split,
             "partition": partition,
             "n_sets": sets,
@@ -256,6 +328,31 @@ def evaluate(
         }
         submit_in_background("evaluate", params, json_out=json_out)
         return
+    if ensemble is not None:
+        from her2ops.pipelines.ensemble import evaluate_ensemble
+
+        if study:
+            raise typer.BadParameter("the N/k study runs on a single model, not an ensemble")
+        with BarProgress(enabled=not json_out) as bar:
+            ens = call(
+                evaluate_ensemble,
+                actor=actor(),
+                ensemble=ensemble,
+                split=split,
+                partition=partition,
+                rule=rule,
+                n_sets=sets,
+                top_k=top_k,
+                confidence=confidence,
+                device=device,
+                progress=bar,
+            )
+        if json_out:
+            emit_json(ens)
+        else:
+            print_ensemble_evaluation(ens)
+        return
+    assert model is not None
     with BarProgress(enabled=not json_out) as bar:
         res = call(
             evaluate_model,

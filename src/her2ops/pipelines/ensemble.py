@@ -239,6 +239,18 @@ def evaluate_ensemble(
         probs = np.array([preds[i.core][1] for i in scored], dtype=np.float64)
         return dict(compute_metrics(y_true, y_pred, probs))
 
+    from her2ops.models.evaluation import metrics_table
+
+    ensemble_metrics = metrics_of(decided)
+    member_metrics = {v: metrics_of(m) for v, m in members.items()}
+    # one row per metric: the ensemble's value, then each member's (same cores, same protocol)
+    columns = {"ensemble": metrics_table(ensemble_metrics)} | {
+        f"v{v}": metrics_table(m) for v, m in member_metrics.items()
+    }
+    table = [
+        {"metric": row["metric"], **{name: rows[i]["value"] for name, rows in columns.items()}}
+        for i, row in enumerate(columns["ensemble"])
+    ]
     return {
         "ensemble": ensemble,
         "rule": rule,
@@ -250,6 +262,7 @@ def evaluate_ensemble(
         "confidence": confidence,
         "labels_now": snapshot_hash,
         "cores": len(scored),
-        "metrics": metrics_of(decided),
-        "members": [{"version": v, "metrics": metrics_of(m)} for v, m in members.items()],
+        "metrics": ensemble_metrics,
+        "members": [{"version": v, "metrics": m} for v, m in member_metrics.items()],
+        "table": table,
     }
