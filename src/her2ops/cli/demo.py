@@ -191,6 +191,7 @@ def main() -> None:
                 user="eng",
             )
             _active_learning()
+            _ensemble(epochs=min(2, int(epochs)) if epochs else 2)
             her2ops("jobs", "list", user="eng")
         print("worker stopped")
     her2ops("labels", "export", "--split", "main", "--out", ROOT / "labels.csv", user="lab")
@@ -210,6 +211,36 @@ def main() -> None:
         f"pathologist: path1 / {_pw('path1')}   admin: admin / {_pw('admin')}"
     )
     print(f"demo took {time.perf_counter() - started:.0f} s")
+
+
+def _ensemble(*, epochs: int) -> None:
+    """Two members on bootstrap resamples of the training patients, trained as jobs by the
+    worker, then evaluated beside each other with the paper's protocol."""
+    from her2ops.pipelines.jobs import list_jobs
+
+    banner(
+        f"11. An ensemble: 2 members, each on a bootstrap resample of the training patients "
+        f"({epochs} epochs each, short: this shows the mechanics, not a better model)"
+    )
+    her2ops(
+        "jobs",
+        "submit",
+        "ensemble",
+        "-p",
+        "split=main",
+        "-p",
+        "members=2",
+        "-p",
+        "profile=demo",
+        "-p",
+        f"epochs={epochs}",
+        "-p",
+        "resample=bootstrap",
+        "--wait",
+        user="eng",
+    )
+    ensemble = list_jobs(actor="eng", kind="ensemble", limit=1)[0]["id"]
+    her2ops("evaluate", "--ensemble", ensemble, "--split", "main", user="eng")
 
 
 def _pw(user: str) -> str:
