@@ -124,6 +124,12 @@ RuleOpt = Annotated[
 ]
 
 
+def _model_or_ensemble(model: str | None, ensemble: int | None, rule: str) -> dict[str, Any]:
+    """A job's model parameters: ``ensemble`` + ``rule`` when an ensemble is named, else
+    ``model`` (the job kinds' own ``model=`` / ``ensemble=`` choice)."""
+    return {"ensemble": ensemble, "rule": rule} if ensemble is not None else {"model": model}
+
+
 @app.command("score")
 def score(
     model: Annotated[
@@ -150,7 +156,7 @@ def score(
 
     if background:
         params = {
-            **({"ensemble": ensemble, "rule": rule} if ensemble is not None else {"model": model}),
+            **_model_or_ensemble(model, ensemble, rule),
             "cores": core or None,
             "split": split,
             "partition": partition,
@@ -314,7 +320,7 @@ def evaluate(
         raise typer.BadParameter("give a MODEL or --ensemble ID (one of them)")
     if background:
         params = {
-            **({"ensemble": ensemble, "rule": rule} if ensemble is not None else {"model": model}),
+            **_model_or_ensemble(model, ensemble, rule),
             "split": split,
             "partition": partition,
             "n_sets": sets,
