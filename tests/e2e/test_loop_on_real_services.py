@@ -195,14 +195,24 @@ def test_active_learning_loop_on_real_services(
                 actor="eng",
                 kind="score",
                 params={"model": "champion", "split": "main", "partition": "train"}
-                | {"n_sets": 40, "top_k": 5, "loader_workers": 0},
+                # 200 sets a core: ~0.3 s a core here, so the job runs for seconds after the
+                # first progress write (40 sets finished it before the kill on a loaded machine)
+                | {"n_sets": 200, "top_k": 5, "loader_workers": 0},
             )
             deadline = time.monotonic() + 300
             while (show_job(actor="eng", job_id=job["id"])["progress"]["done"] or 0) < 2:
                 assert time.monotonic() < deadline, show_job(actor="eng", job_id=job["id"])
-                time.sleep(0.3)
+                time.sleep(0.1)
             gpu = next(s for s in stack.services if s.name == "worker-gpu")
             assert gpu.proc is not None
+            # freeze the worker first, so the kill is known to land mid-job: some cores saved,
+            # not all (progress is written at most once a second, so it lags the saves)
+            os.killpg(gpu.proc.pid, signal.SIGSTOP)
+            with session_scope() as s:
+                saved = s.scalar(select(func.count()).select_from(Prediction))
+            frozen = show_job(actor="eng", job_id=job["id"])
+            assert frozen["status"] == "running", frozen
+            assert 2 <= saved < frozen["progress"]["total"], (saved, frozen)
             os.killpg(gpu.proc.pid, signal.SIGKILL)
             gpu.proc.wait(timeout=20)
             replacement = Service("worker-gpu-2", gpu.argv, ready_text=" ready.")
