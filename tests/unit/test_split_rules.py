@@ -344,3 +344,79 @@ def test_balanced_test_hand_built() -> None:
     )
     with pytest.raises(ValueError, match="'test' ratio"):
         assign_balanced_test(strata, cores, {"train": 1.0}, 0)
+
+
+def _test_cores_per_class(assignment: dict[str, str], cores: dict[str, list[int]]) -> Counter[int]:
+    return Counter(s for code, part in assignment.items() if part == "test" for s in cores[code])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4, 5])
+def test_extend_balanced_test_keeps_the_test_partition_balanced(seed: int) -> None:
+    """Property over seeds: a balanced-test split extended in several steps keeps its test
+    partition at the creation rule's per-class targets (recomputed on the grown cohort, each
+    class at its target or at most 2 cores short, none above), moves nobody, and keeps train
+    and val in their ratio."""
+    from her2ops.platform.split_rules import assign_balanced_test, extend_balanced_test
+
+    strata, cores = cohort(300, seed, unlabelled=0.05)
+    rng = random.Random(seed)
+    arrival = sorted(strata)
+    rng.shuffle(arrival)
+    first = {c: strata[c] for c in arrival[:100]}
+    split = assign_balanced_test(first, {c: cores[c] for c in first}, RATIOS, seed)
+    for n in (110, 160, 230, 300):  # small and large batches of new patients
+        known = {c: strata[c] for c in arrival[:n]}
+        frozen = dict(split)
+        added = extend_balanced_test(
+            split, known, RATIOS, seed, core_scores=cores, existing_strata=strata
+        )
+        assert split == frozen  # nobody moves ...
+        assert set(added) == set(known) - set(split)  # ... and every newcomer is placed
+        assert added == extend_balanced_test(
+            split, known, RATIOS, seed, core_scores=cores, existing_strata=strata
+        )
+        split = {**split, **added}
+        total = Counter(s for c in known for s in cores[c])
+        quota = 0.2 * sum(total.values()) / 4
+        test = _test_cores_per_class(split, cores)
+        for k in range(4):
+            target = math.floor(min(quota, total[k] / 2))
+            assert target - 2 <= test[k] <= target, (n, k, test, target)
+        assert all(split[c] != "test" for c, s in known.items() if s is None)
+        rest = [c for c in split if split[c] != "test"]
+        n_val = sum(1 for c in rest if split[c] == "val")
+        assert abs(n_val - len(rest) / 8) <= 4
+
+
+def test_extend_balanced_test_from_nothing_is_assign_balanced_test() -> None:
+    from her2ops.platform.split_rules import assign_balanced_test, extend_balanced_test
+
+    strata, cores = cohort(200, 9, unlabelled=0.05)
+    assert extend_balanced_test({}, strata, RATIOS, 9, core_scores=cores) == (
+        assign_balanced_test(strata, cores, RATIOS, 9)
+    )
+
+
+def test_extend_balanced_test_hand_built() -> None:
+    """A test partition already at its targets takes newcomers only as the targets grow: with
+    test ratio 0.5 and 4 one-core patients per class the targets are 2 per class; 4 more of
+    class 0 raise the quota to 0.5 * 20 / 4 = 2.5 cores and class 0's cap to 4, so the target
+    of class 0 stays 2 and every newcomer goes to train."""
+    from her2ops.platform.split_rules import assign_balanced_test, extend_balanced_test
+
+    ratios = {"train": 0.5, "test": 0.5}
+    cores = {f"{c}{i}": [k] for k, c in enumerate("abcd") for i in range(4)}
+    strata: dict[str, int | None] = {c: s[0] for c, s in cores.items()}
+    split = assign_balanced_test(strata, cores, ratios, 0)
+    assert _test_cores_per_class(split, cores) == Counter({0: 2, 1: 2, 2: 2, 3: 2})
+    cores |= {f"e{i}": [0] for i in range(4)}
+    strata |= {f"e{i}": 0 for i in range(4)}
+    added = extend_balanced_test(split, strata, ratios, 0, core_scores=cores)
+    assert added == {f"e{i}": "train" for i in range(4)}
+    # 4 more of each other class: targets 4 per class (quota 0.5 * 32 / 4, caps 8 / 2); the
+    # newcomers fill classes 1-3 to 4, class 0 has no newcomer and the e's stay in train
+    cores |= {f"{c}{i}": [k] for k, c in enumerate("abcd") for i in range(4, 8) if k}
+    strata |= {c: s[0] for c, s in cores.items()}
+    split |= added
+    more = extend_balanced_test(split, strata, ratios, 0, core_scores=cores)
+    assert _test_cores_per_class(split | more, cores) == Counter({0: 2, 1: 4, 2: 4, 3: 4})

@@ -20,6 +20,10 @@ share of the stratum's final size are filled up to a common fraction of that sha
 partitions already above their share get nobody; with nothing assigned yet this is exactly the
 share), and the real-valued amounts are then rounded and dealt as above.
 
+``assign_balanced_test`` makes the test partition class-balanced by core instead (the paper's
+blind test set); ``extend_balanced_test`` extends such a split by the same rule, so its test
+partition stays balanced, and deals the rest as ``extend_assignment`` does.
+
 ``core_scores`` (optional, patient -> the consensus scores of their labelled cores) also balances
 the split *by core*: inside a stratum, patients with the most cores and highest scores are dealt
 first (the seeded hash orders equal profiles), each to the partition furthest behind its share of
@@ -297,6 +301,76 @@ def extend_assignment(
 BALANCED_TEST_MAX_CLASS_SHARE = Fraction(1, 2)
 
 
+def balanced_test_targets(per_class: Mapping[int, int], test_ratio: Fraction) -> dict[int, int]:
+    """Labelled cores per class a balanced test partition may hold, given the labelled cores per
+    class of the whole cohort: ``test_ratio`` of all of them, a quarter per class, at most
+    ``BALANCED_TEST_MAX_CLASS_SHARE`` of any one class (rounded down)."""
+    total = sum(per_class.values())
+    quota = test_ratio * total / len(SCORE_LABELS)
+    return {
+        k: math.floor(min(quota, per_class.get(k, 0) * BALANCED_TEST_MAX_CLASS_SHARE))
+        for k in range(len(SCORE_LABELS))
+    }
+
+
+def _assign_balanced(
+    existing: Mapping[str, str],
+    new_patients: Mapping[str, Stratum],
+    ratios: Mapping[str, float],
+    seed: int,
+    core_scores: Mapping[str, Sequence[int]],
+    existing_strata: Mapping[str, Stratum] | None,
+) -> dict[str, str]:
+    """The balanced-test rule, for a new split (``existing`` empty) or an extension.
+
+    The targets come from every labelled core (existing and new patients); the test partition
+    starts from the cores it already holds; new labelled patients, in seeded hash order, join it
+    while none of their classes would pass its target. The other new patients are dealt to the
+    remaining partitions in their ratios (the proportional rule, steered by who is already
+    there). Nobody in ``existing`` moves.
+    """
+    exact = _exact_ratios(ratios)
+    if "test" not in exact or exact["test"] == 0:
+        raise ValueError("a balanced test partition needs a 'test' ratio above 0")
+    new = {c: s for c, s in new_patients.items() if c not in existing}
+    for code, stratum in new.items():
+        _check_stratum(code, stratum)
+    profiles = {c: Counter(int(x) for x in core_scores.get(c, ())) for c in (*existing, *new)}
+    per_class: Counter[int] = Counter()
+    for prof in profiles.values():
+        per_class.update(prof)
+    target = balanced_test_targets(per_class, exact["test"])
+    got: Counter[int] = Counter()
+    for code, partition in existing.items():
+        if partition == "test":
+            got.update(profiles[code])
+    test: list[str] = []
+    labelled = [c for c in new if profiles[c]]
+    for code in sorted(labelled, key=lambda c: (_hash_order(seed, c), c)):
+        prof = profiles[code]
+        if all(got[k] + m <= target[k] for k, m in prof.items()):
+            got.update(prof)
+            test.append(code)
+    out = dict.fromkeys(test, "test")
+    rest = {p: r for p, r in ratios.items() if p != "test"}
+    remaining = {c: s for c, s in new.items() if c not in out}
+    if remaining:
+        if sum(rest.values()) <= 0:
+            raise ValueError("a balanced test partition needs another partition with a ratio > 0")
+        scale = math.fsum(rest.values())
+        out.update(
+            extend_assignment(
+                {c: p for c, p in existing.items() if p != "test"},
+                remaining,
+                {p: r / scale for p, r in rest.items()},
+                seed,
+                existing_strata=existing_strata,
+                core_scores=core_scores,
+            )
+        )
+    return out
+
+
 def assign_balanced_test(
     patients: Mapping[str, Stratum],
     core_scores: Mapping[str, Sequence[int]],
@@ -308,51 +382,35 @@ def assign_balanced_test(
 
     Still by patient (a patient's cores are never split). The test partition aims at
     ``ratios["test"]`` of the labelled cores, a quarter in each class; a class with few cores
-    gives at most half of them (``BALANCED_TEST_MAX_CLASS_SHARE``), so every class keeps cores
-    to train on. Patients are visited in the seeded hash order and go to test unless one of
-    their cores' classes would overflow (so patients with few cores fill the last places).
-    The other patients, unlabelled ones included, are split between the remaining partitions
-    in their ratios by :func:`assign_patients` (stratified as usual). Deterministic for a seed.
+    gives at most half of them (``BALANCED_TEST_MAX_CLASS_SHARE``, see
+    :func:`balanced_test_targets`), so every class keeps cores to train on. Patients are visited
+    in the seeded hash order and go to test unless one of their cores' classes would overflow
+    (so patients with few cores fill the last places). The other patients, unlabelled ones
+    included, are split between the remaining partitions in their ratios by
+    :func:`assign_patients` (stratified as usual). Deterministic for a seed.
     """
-    exact = _exact_ratios(ratios)
-    if "test" not in exact or exact["test"] == 0:
-        raise ValueError("a balanced test partition needs a 'test' ratio above 0")
-    for code, stratum in patients.items():
-        _check_stratum(code, stratum)
-    profiles = {c: Counter(int(x) for x in core_scores.get(c, ())) for c in patients}
-    per_class: Counter[int] = Counter()
-    for prof in profiles.values():
-        per_class.update(prof)
-    total = sum(per_class.values())
-    quota = exact["test"] * total / len(SCORE_LABELS)
-    target = {
-        k: math.floor(min(quota, per_class[k] * BALANCED_TEST_MAX_CLASS_SHARE))
-        for k in range(len(SCORE_LABELS))
-    }
-    got: Counter[int] = Counter()
-    test: list[str] = []
-    labelled = [c for c in patients if profiles[c]]
-    for code in sorted(labelled, key=lambda c: (_hash_order(seed, c), c)):
-        prof = profiles[code]
-        if all(got[k] + m <= target[k] for k, m in prof.items()):
-            got.update(prof)
-            test.append(code)
-    out = dict.fromkeys(test, "test")
-    rest = {p: r for p, r in ratios.items() if p != "test"}
-    remaining = {c: s for c, s in patients.items() if c not in out}
-    if remaining:
-        if sum(rest.values()) <= 0:
-            raise ValueError("a balanced test partition needs another partition with a ratio > 0")
-        scale = math.fsum(rest.values())
-        out.update(
-            assign_patients(
-                remaining,
-                {p: r / scale for p, r in rest.items()},
-                seed,
-                core_scores={c: core_scores.get(c, ()) for c in remaining},
-            )
-        )
-    return out
+    return _assign_balanced({}, patients, ratios, seed, core_scores, None)
+
+
+def extend_balanced_test(
+    existing: Mapping[str, str],
+    new_patients: Mapping[str, Stratum],
+    ratios: Mapping[str, float],
+    seed: int,
+    *,
+    core_scores: Mapping[str, Sequence[int]],
+    existing_strata: Mapping[str, Stratum] | None = None,
+) -> dict[str, str]:
+    """:func:`extend_assignment` for a split made by :func:`assign_balanced_test`.
+
+    Nobody in ``existing`` moves. The per-class targets are recomputed over the labelled cores
+    of every patient, existing and new (``core_scores`` must cover both), by the same rule as at
+    creation; a new labelled patient joins the test partition, in the seeded hash order, only
+    while its cores keep every class within its target. The other new patients go to the
+    remaining partitions by their ratios, as :func:`extend_assignment` deals them. With nothing
+    existing this is exactly :func:`assign_balanced_test`. Returns the new assignments only.
+    """
+    return _assign_balanced(existing, new_patients, ratios, seed, core_scores, existing_strata)
 
 
 def stratum_label(stratum: Stratum) -> str:
