@@ -68,13 +68,16 @@ def store() -> CoreStore:
     return CoreStore(get_settings().resolved_store_dir)
 
 
-def insert_labelled_cores(n_patients: int, *, seed: int = 0, cores_per_patient: int = 2) -> None:
-    """Patients, cores (no images) and current 'agreed' labels, straight into the tables."""
+def insert_labelled_cores(
+    n_patients: int, *, seed: int = 0, cores_per_patient: int = 2, first: int = 0
+) -> None:
+    """Patients, cores (no images) and current 'agreed' labels, straight into the tables;
+    ``first`` numbers the patients from there (a second call adds new patients)."""
     from her2ops.platform.schema import ConsensusLabel, Core, Patient
 
     rng = np.random.default_rng(seed)
     with session_scope() as s:
-        for p in range(n_patients):
+        for p in range(first, first + n_patients):
             patient = Patient(code=f"Q{p:04d}", site="site-A")
             s.add(patient)
             s.flush()

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from her2ops.cli import app
 from her2ops.config import get_settings
-from tests.factories import make_manifest, write_csv
+from tests.factories import insert_labelled_cores, make_manifest, write_csv
 
 runner = CliRunner()
 PASSWORDS = {"boss": "boss-password-1", "lm": "lm-password-12", "p1": "p1-password-123"}
@@ -167,3 +167,25 @@ def test_db_commands(blank_db_url: str, monkeypatch: pytest.MonkeyPatch) -> None
         token=boss,
     )
     assert "current: none" in run("db", "current")
+
+
+def test_split_extend_reports_the_test_partition(db_url: str) -> None:
+    """`split extend` says where the newcomers went and the test partition's cores per class
+    afterwards, and whether that partition is kept class-balanced (a --balanced-test split)."""
+    add_user("boss", "admin", None)
+    boss = token_of("boss")
+    add_user("lm", "lab_manager", boss)
+    lm = token_of("lm")
+    insert_labelled_cores(120, seed=3)
+    run("--as", "lm", "split", "create", "b", "--seed", "5", "--balanced-test", token=lm)
+    insert_labelled_cores(60, seed=4, first=120)
+    text = run("--as", "lm", "split", "extend", "b", token=lm)
+    info = json.loads(run("--as", "lm", "split", "show", "b", "--json", token=lm))
+    assert info["balanced_test"] is True
+    test = info["class_counts"]["test"]
+    line = "  ".join(f"{c}: {n}" for c, n in test.items())
+    assert f"test partition (class-balanced), labelled cores per class: {line}" in text
+    assert text.startswith("added 60 patient(s) (")
+    again = json.loads(run("--as", "lm", "split", "extend", "b", "--json", token=lm))
+    assert again["added"] == 0 and again["added_by_partition"] == {}
+    assert again["class_counts"]["test"] == test and again["balanced_test"] is True

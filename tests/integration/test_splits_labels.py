@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from sqlalchemy import select
 
 from her2ops.platform.db import session_scope
 from her2ops.platform.errors import AccessDenied, Conflict
 from her2ops.platform.labels import export_rows, label_snapshot
-from her2ops.platform.schema import Core, Patient, Split, SplitAssignment
+from her2ops.platform.schema import AuditEvent, Core, Patient, Split, SplitAssignment
 from her2ops.platform.splits import create_split, extend_split, freeze_split, show_split
 from tests.factories import insert_labelled_cores, seed_users
 
@@ -143,3 +145,60 @@ def test_balanced_test_split_and_class_counts(db_url: str) -> None:
     assert max(plain_test.values()) - min(plain_test.values()) > 2  # the proportional rule is not
     for partitions in _partitions_by_patient("bal").values():
         assert len(partitions) == 1  # still by patient
+
+
+def _test_targets(rows: list[dict[str, object]], test_ratio: float) -> dict[str, int]:
+    """The balanced-test rule's per-class targets, from the exported labels of every patient:
+    test_ratio of the labelled cores, a quarter per class, at most half of a class."""
+    classes = ("0", "1+", "2+", "3+")
+    total = {c: sum(1 for r in rows if r["score"] == c) for c in classes}
+    quota = test_ratio * sum(total.values()) / len(classes)
+    return {c: math.floor(min(quota, total[c] / 2)) for c in classes}
+
+
+def test_extend_keeps_a_balanced_test_partition_balanced(db_url: str) -> None:
+    """Through the use case: a --balanced-test split, frozen, extended by half as many new
+    patients again, keeps its test partition class-balanced by core (each class at the creation
+    rule's target for the grown cohort, or at most 2 cores short); nobody moves; the summary
+    says so."""
+    from her2ops.pipelines import splits as splits_uc
+
+    seed_users()
+    insert_labelled_cores(120, seed=3)
+    splits_uc.create_split(actor="lm", name="bal", seed=5, ratios="0.7,0.1,0.2", balanced_test=True)
+    splits_uc.create_split(actor="lm", name="plain", seed=5, ratios="0.7,0.1,0.2")
+    with session_scope() as s:
+        freeze_split(s, name="bal", reason="model her2-pss v1")
+    before = {r["core"]: r["partition"] for r in _export("bal")}
+    insert_labelled_cores(60, seed=4, first=120)
+
+    info = splits_uc.extend_split(actor="lm", name="bal")
+
+    rows = _export("bal")
+    after = {str(r["core"]): r["partition"] for r in rows}
+    assert all(after[c] == p for c, p in before.items())  # nobody moved
+    assert len(after) == len(before) + 120  # every new core is in the split
+    test = {
+        c: sum(1 for r in rows if r["partition"] == "test" and r["score"] == c)
+        for c in ("0", "1+", "2+", "3+")
+    }
+    for cls, target in _test_targets(rows, 0.2).items():
+        assert target - 2 <= test[cls] <= target, (cls, test, target)
+    # the summary is show_split after extending: the test partition's cores per class
+    assert info["class_counts"]["test"] == test
+    assert info["balanced_test"] is True and info["frozen"] is True
+    assert info["added"] == 60 == sum(info["added_by_partition"].values())
+    with session_scope() as s:
+        assert show_split(s, "bal") == {
+            k: v for k, v in info.items() if k not in ("added", "added_by_partition")
+        }
+        event = s.scalars(
+            select(AuditEvent).where(
+                AuditEvent.action == "splits.extend", AuditEvent.entity_key == "bal"
+            )
+        ).one()
+        assert event.details == {"added": 60, "balanced_test": True}
+    # a split created without --balanced-test is still extended proportionally
+    plain = splits_uc.extend_split(actor="lm", name="plain")
+    assert plain["balanced_test"] is False and plain["added"] == 60
+    assert splits_uc.extend_split(actor="lm", name="bal")["added"] == 0

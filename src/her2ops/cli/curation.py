@@ -355,10 +355,19 @@ def split_create(
 def split_extend(
     name: Annotated[str, typer.Argument(help="Split name.")], json_out: JsonOpt = False
 ) -> None:
-    """Assign patients not yet in the split; never moves anyone (allowed on frozen splits)."""
+    """Assign patients not yet in the split by the rule it was made with (a --balanced-test
+    split keeps its test cores class-balanced); never moves anyone (allowed on frozen splits)."""
     info = call(splits.extend_split, actor=actor(), name=name)
     if not json_out:
-        typer.echo(f"added {info['added']} patient(s)")
+        where = ", ".join(f"{p} {n}" for p, n in info["added_by_partition"].items())
+        typer.echo(f"added {info['added']} patient(s)" + (f" ({where})" if where else ""))
+        test = info["class_counts"].get("test")
+        if test is not None:
+            rule = "class-balanced" if info["balanced_test"] else "proportional"
+            typer.echo(
+                f"test partition ({rule}), labelled cores per class: "
+                + "  ".join(f"{c}: {n}" for c, n in test.items())
+            )
     _print_split(info, json_out)
 
 

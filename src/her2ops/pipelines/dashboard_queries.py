@@ -394,6 +394,7 @@ def split_balance(*, actor: str | None, split: str) -> dict[str, Any]:
             "created_at": sp.created_at.isoformat(),
             "frozen": sp.frozen_at is not None,
             "frozen_reason": sp.frozen_reason,
+            "balanced_test": split_service.split_balanced_test(s, sp),
         }
     patients = sum(int(n) for _, _, n in by_patient)
     core_units = _units(by_core)

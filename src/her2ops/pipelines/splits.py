@@ -8,7 +8,7 @@ from her2ops.errors import InvalidRequest
 from her2ops.pipelines.runtime import get_runtime
 from her2ops.platform import labels as labels_service
 from her2ops.platform import splits as split_service
-from her2ops.platform.split_rules import parse_ratios
+from her2ops.platform.split_rules import PARTITIONS, parse_ratios
 
 
 def create_split(
@@ -43,10 +43,21 @@ def create_split(
 
 
 def extend_split(*, actor: str | None, name: str) -> dict[str, Any]:
-    """Assign the patients not yet in the split (nobody moves); summary plus ``added``."""
+    """Assign the patients not yet in the split (nobody moves) by the rule it was created with
+    (``balanced_test`` keeps the test partition class-balanced by core).
+
+    The split's summary after extending (``show_split``: ``class_counts["test"]`` are the test
+    partition's labelled cores per class) plus ``added`` (how many patients) and
+    ``added_by_partition``.
+    """
     with get_runtime().session() as s:
         added = split_service.extend_split(s, actor=actor, name=name)
-        return {**split_service.show_split(s, name), "added": len(added)}
+        by_partition = {p: n for p in PARTITIONS if (n := list(added.values()).count(p))}
+        return {
+            **split_service.show_split(s, name),
+            "added": len(added),
+            "added_by_partition": by_partition,
+        }
 
 
 def show_split(*, actor: str | None, name: str) -> dict[str, Any]:

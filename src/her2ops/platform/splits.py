@@ -3,7 +3,8 @@
 The assignment itself is :mod:`her2ops.platform.split_rules` (pure). A patient's stratum is the
 highest current consensus score among their labelled cores (``None`` when none is labelled yet).
 A split that a model has trained on is frozen: recreating it is refused and ``extend`` only adds
-patients that are not in it yet; nobody ever moves.
+patients that are not in it yet; nobody ever moves. ``extend`` follows the rule the split was
+created with: a ``--balanced-test`` split keeps its test partition class-balanced by core.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from her2ops.platform.access import require
 from her2ops.platform.errors import Conflict, InvalidRequest, NotFound
 from her2ops.platform.schema import (
     LABELLED_STATUSES,
+    AuditEvent,
     ConsensusLabel,
     Core,
     Patient,
@@ -33,6 +35,7 @@ from her2ops.platform.split_rules import (
     assign_balanced_test,
     assign_patients,
     extend_assignment,
+    extend_balanced_test,
     partition_balance,
     validate_ratios,
 )
@@ -91,8 +94,8 @@ def create_split(
 ) -> Split:
     """Assign every patient to a partition. Refused for a frozen split; an unfrozen one is
     replaced only with ``replace``. ``balanced_test``: the test partition is class-balanced by
-    core, as the paper's (:func:`~her2ops.platform.split_rules.assign_balanced_test`); ``extend``
-    later assigns new patients by the usual proportional rule."""
+    core, as the paper's (:func:`~her2ops.platform.split_rules.assign_balanced_test`), and
+    ``extend`` keeps it so (recorded in the ``splits.create`` audit event)."""
     user = require(session, actor, "splits.write")
     validate_ratios(ratios)
     if not SPLIT_NAME.match(name):
@@ -146,10 +149,36 @@ def create_split(
     return split
 
 
+def split_balanced_test(session: Session, split: Split) -> bool:
+    """Whether ``split`` was created with a class-balanced test partition.
+
+    Read from the split's latest ``splits.create`` audit event, written in the transaction that
+    created this split row (a replaced split's events are older; audit events are append-only).
+    Splits created before the flag was audited count as proportional.
+    """
+    details = session.scalar(
+        select(AuditEvent.details)
+        .where(
+            AuditEvent.action == "splits.create",
+            AuditEvent.entity == "split",
+            AuditEvent.entity_key == split.name,
+        )
+        .order_by(AuditEvent.id.desc())
+        .limit(1)
+    )
+    return bool((details or {}).get("balanced_test", False))
+
+
 def extend_split(session: Session, *, actor: str | None, name: str) -> dict[str, str]:
-    """Assign the patients not yet in the split; never moves anyone. Allowed when frozen."""
+    """Assign the patients not yet in the split; never moves anyone. Allowed when frozen.
+
+    A split created with ``balanced_test`` is extended by the same rule
+    (:func:`~her2ops.platform.split_rules.extend_balanced_test`): newcomers join the test
+    partition only while it stays class-balanced by core, the others go to train and val.
+    """
     user = require(session, actor, "splits.extend")
     split = get_split(session, name)
+    balanced_test = split_balanced_test(session, split)
     strata, core_scores, ids = _strata(session)
     code_of = {v: k for k, v in ids.items()}
     existing = {
@@ -161,14 +190,28 @@ def extend_split(session: Session, *, actor: str | None, name: str) -> dict[str,
         )
     }
     new = {c: s for c, s in strata.items() if c not in existing}
-    added = extend_assignment(
-        existing,
-        new,
-        split.ratios,
-        split.seed,
-        existing_strata={c: strata[c] for c in existing},
-        core_scores=core_scores,
-    )
+    existing_strata = {c: strata[c] for c in existing}
+    if balanced_test:
+        try:
+            added = extend_balanced_test(
+                existing,
+                new,
+                split.ratios,
+                split.seed,
+                core_scores=core_scores,
+                existing_strata=existing_strata,
+            )
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
+    else:
+        added = extend_assignment(
+            existing,
+            new,
+            split.ratios,
+            split.seed,
+            existing_strata=existing_strata,
+            core_scores=core_scores,
+        )
     if added:
         session.execute(
             insert(SplitAssignment),
@@ -183,7 +226,7 @@ def extend_split(session: Session, *, actor: str | None, name: str) -> dict[str,
             action="splits.extend",
             entity="split",
             key=name,
-            details={"added": len(added)},
+            details={"added": len(added), "balanced_test": balanced_test},
         )
     return added
 
@@ -240,6 +283,7 @@ def show_split(session: Session, name: str) -> dict[str, Any]:
         "created_at": split.created_at.isoformat(),
         "frozen": split.frozen_at is not None,
         "frozen_reason": split.frozen_reason,
+        "balanced_test": split_balanced_test(session, split),
         "patients": len(by_patient),
         "unassigned_patients": len(unassigned),
         "by_patient": partition_balance(by_patient, {c: strata[c] for c in by_patient}),
