@@ -198,7 +198,13 @@ def test_extend_keeps_a_balanced_test_partition_balanced(db_url: str) -> None:
             )
         ).one()
         assert event.details == {"added": 60, "balanced_test": True}
-    # a split created without --balanced-test is still extended proportionally
+    # a split created without --balanced-test is still extended proportionally; a replaced
+    # split follows its latest creation, either way
     plain = splits_uc.extend_split(actor="lm", name="plain")
     assert plain["balanced_test"] is False and plain["added"] == 60
+    for balanced in (True, False):
+        splits_uc.create_split(
+            actor="lm", name="plain", seed=5, balanced_test=balanced, replace=True, yes=True
+        )
+        assert splits_uc.show_split(actor="lm", name="plain")["balanced_test"] is balanced
     assert splits_uc.extend_split(actor="lm", name="bal")["added"] == 0
