@@ -74,6 +74,9 @@ def test_jobs_cli_with_a_real_worker_on_the_embedded_defaults(
     code, out, _ = run("jobs", "show", str(failed_id))
     assert code == 0 and "traceback:" in out and "attempt 1/1" in out
     assert "  worker: " in out  # which worker failed it
+    code, out, _ = run("jobs", "show", str(view["id"]))  # params and result, a line per entry
+    assert code == 0 and "  params:\n    mode: sleep\n    seconds: 0.5\n" in out, out
+    assert "  result:\n    mode: sleep\n" in out, out
     code, out, _ = run("jobs", "list", "--status", "bogus")
     assert code == 1
     code, _, err = run("jobs", "cancel", str(failed_id))

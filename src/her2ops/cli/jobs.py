@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -60,6 +61,22 @@ def _line(view: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
+def _mapping(name: str, value: Any) -> None:
+    """``name:`` then one ``key: value`` line per entry (nested values as compact JSON), so a
+    result reads as a table; ``--json`` gives the structure itself."""
+    if not isinstance(value, dict) or not value:
+        typer.echo(f"  {name}: {value}")
+        return
+    typer.echo(f"  {name}:")
+    for key, item in value.items():
+        text = (
+            json.dumps(item, default=str, separators=(", ", ": "))
+            if isinstance(item, dict | list)
+            else item
+        )
+        typer.echo(f"    {key}: {text}")
+
+
 def _show(view: dict[str, Any]) -> None:
     typer.echo(_line(view))
     for name in ("queue", "worker", "key", "created_by", "created_at", "started_at", "finished_at"):
@@ -67,9 +84,9 @@ def _show(view: dict[str, Any]) -> None:
             typer.echo(f"  {name}: {view[name]}")
     if view["seconds"] is not None:
         typer.echo(f"  seconds: {view['seconds']:.1f}")
-    typer.echo(f"  params: {view['params']}")
+    _mapping("params", view["params"])
     if view["result"] is not None:
-        typer.echo(f"  result: {view['result']}")
+        _mapping("result", view["result"])
     if view["error_detail"]:
         typer.echo("  traceback:\n" + view["error_detail"].rstrip())
 
@@ -101,7 +118,7 @@ def _wait(job_id: int, timeout: float | None, json_out: bool) -> None:
     if json_out:
         emit_json(view)
     elif view["status"] == "succeeded":
-        typer.echo(f"  result: {view['result']}")
+        _mapping("result", view["result"])
     if view["status"] != "succeeded":
         raise typer.Exit(1)
 
