@@ -13,6 +13,7 @@ from her2ops.models.inference import (
     confidence_scores,
     kcs_decision,
     predict_sets,
+    score_batches,
     score_core,
 )
 from her2ops.models.network import build_network
@@ -155,6 +156,32 @@ def test_score_core_runs_protocol_over_all_sets() -> None:
     again = score_core(net, inner, n_sets=7, top_k=3, seed=11, batch_size=7, device="cpu")
     np.testing.assert_allclose(again.set_probs, score.set_probs, rtol=1e-4, atol=1e-6)
     assert score.to_dict()["confidence"] == "margin"
+
+
+def test_score_batches_decides_as_score_core_on_the_same_sets() -> None:
+    """Training's validation scores a core from its batches under one plan
+    (``score_batches``); the decision is the one ``score_core`` makes on the same sets."""
+    torch.manual_seed(0)
+    profile = get_profile("test")
+    net = build_network(profile).eval()
+    inner = ToySampler.for_profile(profile).core_fn(LabelledCore("c1", "toy://c1", 1))
+    ref = score_core(net, inner, n_sets=7, top_k=3, seed=5, batch_size=3, device="cpu")
+    drawn: list[int] = []
+
+    def batches() -> Iterator[np.ndarray]:
+        for chunk in ([0, 1, 2], [3, 4, 5], [6]):
+            drawn.append(len(chunk))
+            yield inner(5, chunk)
+
+    got = score_batches(net, batches(), top_k=3, batch_size=3, device="cpu")
+    assert drawn == [3, 3, 1]
+    assert got.final == ref.final
+    np.testing.assert_allclose(got.set_probs, ref.set_probs, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got.kcs_indices, ref.kcs_indices)
+    with pytest.raises(ValueError, match="top_k=8"):
+        score_batches(net, batches(), top_k=8, device="cpu")
+    with pytest.raises(ValueError, match="no sets"):
+        score_batches(net, iter([]), top_k=1, device="cpu")
 
 
 def test_predict_sets_takes_channels_last_sets() -> None:

@@ -20,7 +20,7 @@ confidence, and the KCS would then be picked by set order instead of by confiden
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
@@ -153,20 +153,44 @@ def score_core(
 ) -> CoreScore:
     """Score one core. ``sample_fn(seed, indices)`` draws sets ``indices`` of the core, stacked
     uint8 sets in either layout (see :func:`predict_sets`); it is called one batch at a time (a
-    paper-size set is 40 MB) and the next batch is sampled on a thread while the network runs
-    on the current one."""
+    paper-size set is 40 MB). See :func:`score_batches` for a core drawn under one plan."""
     if not 1 <= top_k <= n_sets:
         raise ValueError(f"top_k={top_k} must be between 1 and n_sets={n_sets}")
     chunks = [list(range(i, min(i + batch_size, n_sets))) for i in range(0, n_sets, batch_size)]
+    return score_batches(
+        model,
+        (sample_fn(seed, c) for c in chunks),
+        top_k=top_k,
+        batch_size=batch_size,
+        device=device,
+        confidence=confidence,
+    )
+
+
+def score_batches(
+    model: nn.Module,
+    batches: Iterable[np.ndarray],
+    *,
+    top_k: int,
+    batch_size: int = 12,
+    device: torch.device | str | None = None,
+    confidence: str = "margin",
+) -> CoreScore:
+    """Score one core from its sets, given batch by batch (e.g. ``StoreSampler.core_batches``,
+    which decodes each tile once for all N sets): the next batch is drawn on a thread while the
+    network runs on the current one; then the k most confident sets decide (KCS, max class)."""
+    it = iter(batches)
     probs: list[np.ndarray] = []
     with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(sample_fn, seed, chunks[0])
-        for j in range(len(chunks)):
-            sets = pending.result()
-            if j + 1 < len(chunks):
-                pending = pool.submit(sample_fn, seed, chunks[j + 1])
+        pending = pool.submit(next, it, None)
+        while (sets := pending.result()) is not None:
+            pending = pool.submit(next, it, None)
             probs.append(predict_sets(model, sets, batch_size=batch_size, device=device))
+    if not probs:
+        raise ValueError("no sets to score")
     set_probs = np.concatenate(probs)
+    if not 1 <= top_k <= len(set_probs):
+        raise ValueError(f"top_k={top_k} must be between 1 and n_sets={len(set_probs)}")
     d = kcs_decision(set_probs, top_k, confidence)
     return CoreScore(
         final=d.final,

@@ -365,8 +365,9 @@ def _register(
     progress: Progress,
 ) -> int:
     from her2ops.models.evaluation import compute_metrics, plot_confusion, plot_curves
-    from her2ops.models.inference import score_core
+    from her2ops.models.inference import score_batches
     from her2ops.models.network import load_network, pick_device
+    from her2ops.pipelines.sampling import set_chunks
 
     tracking = rt.tracking
     name = rt.settings.registered_model_name
@@ -375,14 +376,14 @@ def _register(
 
     # Validation with the paper's protocol (N sets, top-k) on the best weights.
     sampler = rt.sampler(profile.pss)
+    chunks = set_chunks(profile.n_sets, profile.recipe.batch_size)
     y_true, y_pred, probs = [], [], []
     for item in track(val_items, progress, "validation with the paper's protocol"):
-        sc = score_core(
+        # one plan per core: each tile is decoded once for all its N sets, as scoring does
+        sc = score_batches(
             net,
-            sampler.for_core(item.sha256, item.core),
-            n_sets=profile.n_sets,
+            sampler.core_batches(item.sha256, item.core, 0, chunks),
             top_k=profile.top_k,
-            seed=0,
             device=dev,
             batch_size=profile.recipe.batch_size,
         )
