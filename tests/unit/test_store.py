@@ -15,6 +15,7 @@ from her2ops.imaging.gather import TileGather
 from her2ops.imaging.readers import ImageError
 from her2ops.imaging.store import (
     CoreStore,
+    StoredCore,
     StoredImage,
     StoreError,
     downsample2,
@@ -84,6 +85,37 @@ def test_put_writes_a_tiled_pyramid_any_reader_opens(tmp_path: Path, core: tuple
     with openslide.OpenSlide(str(store.path_for(stored.sha256))) as slide:
         assert slide.level_dimensions == ((700, 600), (350, 300))
     assert not list(store.path_for(stored.sha256).parent.glob("*.tmp"))
+
+
+def test_each_page_of_a_file_is_stored_under_its_own_name(tmp_path: Path) -> None:
+    """Page 0 keeps the name a file's only image always had (existing stores stay valid);
+    another page of the same file gets a name of its own, so neither overwrites the other."""
+    first, third = _texture(300, 280, seed=1), _texture(300, 280, seed=2)
+    src = tmp_path / "stack.tif"
+    with tifffile.TiffWriter(src) as tw:
+        for image in (first, _texture(300, 280, seed=3), third):
+            tw.write(image, photometric="rgb", metadata=None)
+    sha = _sha(src)
+    store = CoreStore(tmp_path / "s", lossless=True)
+    assert store.location_for(sha) == store.location_for(sha, 0) == f"{sha[:2]}/{sha}.tiff"
+    assert store.location_for(sha, 2) != store.location_for(sha)
+    assert store.path_for(sha, 2).parent == store.path_for(sha).parent
+
+    stored = store.put(src, max_pixels=MAX, page=2)
+    assert (stored.page, stored.location) == (2, store.location_for(sha, 2))
+    assert store.has(sha, 2) and not store.has(sha) and not store.has(sha, 1)
+    assert store.put_array(first, sha256=sha).location == store.location_for(sha)
+    for page, image in ((0, first), (2, third)):
+        with store.open(sha, page) as img:
+            np.testing.assert_array_equal(img.read_level(0), image)
+        store.verify(sha, page)
+        assert store.describe(sha, page) == StoredCore(
+            sha, store.location_for(sha, page), 280, 300, 1, page
+        )
+    again = store.put(src, max_pixels=MAX, page=2)  # present and intact: not rewritten
+    assert again == store.describe(sha, 2)
+    with pytest.raises(ValueError, match="image index"):
+        store.location_for(sha, -1)
 
 
 def test_lossy_reads_stay_close_and_lossless_reads_are_exact(tmp_path: Path, core: tuple) -> None:

@@ -1,10 +1,14 @@
 """Content-addressed store of cores as tiled, compressed, pyramidal BigTIFF files.
 
 Each ingested image is written once, under ``<root>/<sha[:2]>/<sha>.tiff`` where ``sha`` is the
-sha256 of the source file's bytes. A file holds level 0 (full resolution) and levels at 1/2,
-1/4 ... (2x2 box averages) until the largest side is at most 512 px; every level is cut into
-256 x 256 tiles, JPEG (quality 90 by default; tifffile writes YCbCr 4:2:0, as Aperio does) or,
-with ``lossless=True``, Deflate with a horizontal predictor. The levels are successive
+sha256 of the source file's bytes; an image other than the first of a file that holds several
+(page ``n`` >= 1 of a multi-page TIFF) goes to ``<sha>-p<n>.tiff`` beside it. That naming rule
+lives in :meth:`CoreStore.location_for` and nowhere else.
+
+A stored file holds level 0 (full resolution) and levels at 1/2, 1/4 ... (2x2 box averages)
+until the largest side is at most 512 px; every level is cut into 256 x 256 tiles, JPEG
+(quality 90 by default; tifffile writes YCbCr 4:2:0, as Aperio does) or, with
+``lossless=True``, Deflate with a horizontal predictor. The levels are successive
 top-level pages (reduced-resolution ``NewSubfileType``), not SubIFDs, because that is the
 pyramid OpenSlide's generic-TIFF reader understands; tifffile reads it as one series with levels.
 
@@ -61,13 +65,15 @@ _MAX_MEAN_DRIFT = 16.0
 
 @dataclass(frozen=True)
 class StoredCore:
-    """Where a core lives in the store and its geometry."""
+    """Where a core lives in the store and its geometry; ``page``: which image of the source
+    file (0: its only or first one)."""
 
     sha256: str
     location: str
     width: int
     height: int
     levels: int
+    page: int = 0
 
 
 def pyramid_shapes(height: int, width: int) -> list[tuple[int, int]]:
@@ -92,26 +98,34 @@ class CoreStore:
     # -- names --------------------------------------------------------------------------------
 
     @staticmethod
-    def location_for(sha256: str) -> str:
-        """The path of a core relative to the store root."""
+    def location_for(sha256: str, page: int = 0) -> str:
+        """The path of image ``page`` of the file ``sha256`` relative to the store root.
+
+        Page 0 (a file's only or first image) keeps the name stores have always used, so
+        existing stores stay valid; other pages get ``-p<page>`` so they never collide."""
         _check_sha(sha256)
-        return f"{sha256[:2]}/{sha256}.tiff"
+        _check_page(page)
+        suffix = f"-p{page}" if page else ""
+        return f"{sha256[:2]}/{sha256}{suffix}.tiff"
 
-    def path_for(self, sha256: str) -> Path:
-        """Absolute (root-joined) path where the core with this sha256 is stored."""
-        return self.root / self.location_for(sha256)
+    def path_for(self, sha256: str, page: int = 0) -> Path:
+        """Absolute (root-joined) path where image ``page`` of the file ``sha256`` is stored."""
+        return self.root / self.location_for(sha256, page)
 
-    def has(self, sha256: str) -> bool:
-        """Whether a file for this sha256 exists (see :meth:`verify` for its integrity)."""
-        return self.path_for(sha256).is_file()
+    def has(self, sha256: str, page: int = 0) -> bool:
+        """Whether a file for this image exists (see :meth:`verify` for its integrity)."""
+        return self.path_for(sha256, page).is_file()
 
     # -- write --------------------------------------------------------------------------------
 
-    def put(self, src: Path, *, max_pixels: int, sha256: str | None = None) -> StoredCore:
+    def put(
+        self, src: Path, *, max_pixels: int, sha256: str | None = None, page: int | None = None
+    ) -> StoredCore:
         """Store ``src`` (validated and decoded with the readers) unless an intact copy exists.
 
         ``sha256`` may pass the digest the caller already computed (``ImageInfo.sha256``); it is
-        trusted. A present but corrupt file is rewritten from ``src``.
+        trusted. ``page`` chooses the image of a file that holds several (the readers refuse
+        such a file without it). A present but corrupt file is rewritten from ``src``.
         """
         src = Path(src)
         if sha256 is None:
@@ -121,23 +135,26 @@ class CoreStore:
 
             sha256 = file_sha256(src)
         _check_sha(sha256)
-        if self.has(sha256):
+        index = page or 0
+        if self.has(sha256, index):
             try:
-                return self.describe(sha256)
+                return self.describe(sha256, index)
             except StoreError:
                 pass  # corrupt copy: fall through and rewrite it
-        _, rgb = read_rgb(src, max_pixels=max_pixels, sha256=sha256)
-        return self.put_array(rgb, sha256=sha256)
+        _, rgb = read_rgb(src, max_pixels=max_pixels, sha256=sha256, page=page)
+        return self.put_array(rgb, sha256=sha256, page=index)
 
-    def put_array(self, rgb: np.ndarray, *, sha256: str) -> StoredCore:
-        """Write an (H, W, 3) uint8 image under ``sha256`` (atomically, checked on read-back)."""
+    def put_array(self, rgb: np.ndarray, *, sha256: str, page: int = 0) -> StoredCore:
+        """Write an (H, W, 3) uint8 image as image ``page`` of the file ``sha256`` (atomically,
+        checked on read-back)."""
         _check_sha(sha256)
+        _check_page(page)
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise ValueError(f"expected an (H, W, 3) uint8 array, got {rgb.shape} {rgb.dtype}")
         levels = [np.ascontiguousarray(rgb)]
         for _ in pyramid_shapes(*rgb.shape[:2])[1:]:
             levels.append(downsample2(levels[-1]))
-        final = self.path_for(sha256)
+        final = self.path_for(sha256, page)
         final.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{sha256[:16]}.", suffix=".tmp", dir=final.parent)
         os.close(fd)
@@ -151,7 +168,7 @@ class CoreStore:
             raise
         _fsync_dir(final.parent)
         h, w = rgb.shape[:2]
-        return StoredCore(sha256, self.location_for(sha256), w, h, len(levels))
+        return StoredCore(sha256, self.location_for(sha256, page), w, h, len(levels), page)
 
     def _write(self, path: Path, levels: list[np.ndarray], sha256: str) -> None:
         import tifffile
@@ -181,26 +198,33 @@ class CoreStore:
     # -- read ---------------------------------------------------------------------------------
 
     def open(
-        self, sha256: str, *, core: str | None = None, cache_bytes: int = 256 << 20
+        self,
+        sha256: str,
+        page: int = 0,
+        *,
+        core: str | None = None,
+        cache_bytes: int = 256 << 20,
     ) -> StoredImage:
-        """Open a stored core for region reads; ``core`` (its code) names it in errors."""
-        path = self.path_for(sha256)
+        """Open a stored core (image ``page`` of the file ``sha256``) for region reads; ``core``
+        (its code) names it in errors."""
+        path = self.path_for(sha256, page)
         name = core or sha256
         if not path.is_file():
             raise StoreError(f"core {name}: not in the image store (expected {path})")
         return StoredImage(path, name=name, cache_bytes=cache_bytes)
 
-    def verify(self, sha256: str, *, core: str | None = None) -> None:
+    def verify(self, sha256: str, page: int = 0, *, core: str | None = None) -> None:
         """Check a stored file's structure and every tile's CRC; raise :class:`StoreError`."""
-        with self.open(sha256, core=core) as img:
+        with self.open(sha256, page, core=core) as img:
             img.check_all_tiles()
 
-    def describe(self, sha256: str) -> StoredCore:
+    def describe(self, sha256: str, page: int = 0) -> StoredCore:
         """Verify a stored core and return its :class:`StoredCore` record."""
-        with self.open(sha256) as img:
+        with self.open(sha256, page) as img:
             img.check_all_tiles()
             h, w = img.level_shapes[0]
-            return StoredCore(sha256, self.location_for(sha256), w, h, len(img.level_shapes))
+            location = self.location_for(sha256, page)
+            return StoredCore(sha256, location, w, h, len(img.level_shapes), page)
 
 
 def _tile_count(shape: Sequence[int]) -> int:
@@ -210,6 +234,11 @@ def _tile_count(shape: Sequence[int]) -> int:
 def _check_sha(sha256: str) -> None:
     if not isinstance(sha256, str) or not _SHA_RE.match(sha256):
         raise ValueError(f"not a lowercase sha256 hex digest: {sha256!r}")
+
+
+def _check_page(page: int) -> None:
+    if not isinstance(page, int) or isinstance(page, bool) or page < 0:
+        raise ValueError(f"not an image index (an integer >= 0): {page!r}")
 
 
 def _seal(path: Path, levels: list[np.ndarray], *, lossless: bool) -> None:
