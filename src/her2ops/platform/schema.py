@@ -85,10 +85,16 @@ class Slide(Base):
 
 
 class Core(Base):
-    """One TMA core image. ``sha256`` is of the source file; the store names its copy by it."""
+    """One TMA core image: image ``page`` of the source file whose sha256 is ``sha256`` (page 0:
+    the file's only or first image). The pair is unique, so one multi-page file can hold many
+    cores; the store names the copy by the pair (``CoreStore.location_for``)."""
 
     __tablename__ = "cores"
-    __table_args__ = (CheckConstraint(f"status IN {_in(CORE_STATUSES)}", name="status"),)
+    __table_args__ = (
+        CheckConstraint(f"status IN {_in(CORE_STATUSES)}", name="status"),
+        CheckConstraint("page >= 0", name="page"),
+        UniqueConstraint("sha256", "page"),
+    )
     id: Mapped[int] = mapped_column(IdType, primary_key=True)
     code: Mapped[str] = mapped_column(String(128), unique=True)
     patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
@@ -97,7 +103,8 @@ class Core(Base):
     grid_col: Mapped[int | None] = mapped_column(Integer)
     source_path: Mapped[str] = mapped_column(Text)
     store_location: Mapped[str | None] = mapped_column(Text)
-    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    page: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
     conversion: Mapped[str | None] = mapped_column(String(128))
