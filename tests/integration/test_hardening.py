@@ -168,8 +168,9 @@ def test_a_file_of_several_images_needs_its_page_chosen(db_url: str, tmp_path: P
     with session_scope() as s:
         core = s.scalar(select(Core).where(Core.code == "S1"))
         assert core is not None and core.source_path.endswith("stack.tif [page 2]")
+        assert core.page == 2
         sha = core.sha256
-    img = store().open(sha, core="S1")
+    img = store().open(sha, 2, core="S1")
     try:
         level0 = img.read_level(0).astype(int)
     finally:
@@ -177,6 +178,90 @@ def test_a_file_of_several_images_needs_its_page_chosen(db_url: str, tmp_path: P
     # the store keeps JPEG tiles (lossy, a few levels off): page 2, not page one
     diffs = [float(np.abs(level0 - p).mean()) for p in pages]
     assert diffs[2] < 3 < 50 < min(diffs[0], diffs[1]), diffs
+
+
+def test_each_page_of_a_multi_page_file_is_a_core_of_its_own(db_url: str, tmp_path: Path) -> None:
+    """Cores from different pages of one file are ingested side by side, each stored and
+    sampled from its own page; the same page twice is refused by line, within the file and
+    against the database; a re-run changes nothing."""
+    import numpy as np
+    import tifffile
+
+    from her2ops.imaging.store import CoreStore
+    from her2ops.pipelines.sampling import StoreSampler
+    from her2ops.platform.predictions import cores_by_code
+    from her2ops.profiles import get_profile
+
+    seed_users(1)
+    texture = np.random.default_rng(7).integers(-30, 30, (160, 144, 1))
+    tints = [(200, 70, 70), (70, 200, 70), (70, 70, 200), (150, 150, 60)]
+    pages = [np.clip(np.array(tint) + texture, 0, 255).astype(np.uint8) for tint in tints]
+    with tifffile.TiffWriter(tmp_path / "stack.tif") as tw:
+        for page in pages:
+            tw.write(page, photometric="rgb", metadata=None)
+    header = ("patient", "core", "image", "page")
+    two = write_csv(
+        tmp_path / "two.csv",
+        header,
+        [("P1", "S0", "stack.tif", "0"), ("P1", "S2", "stack.tif", "2")],
+    )
+
+    def ingest(manifest: Path) -> object:
+        with session_scope() as s:
+            return ingest_manifest(
+                s, actor="lm", manifest=manifest, store=store(), max_pixels=10**6
+            )
+
+    report = ingest(two)
+    assert report.added == ["S0", "S2"]  # type: ignore[attr-defined]
+    with session_scope() as s:
+        cores = {c.code: c for c in s.scalars(select(Core))}
+        refs = cores_by_code(s, ["S0", "S2"])
+    assert (cores["S0"].page, cores["S2"].page) == (0, 2)
+    sha = cores["S0"].sha256
+    assert cores["S2"].sha256 == sha
+    # page 0 keeps the store name of a file's only image; page 2 has one of its own
+    assert cores["S0"].store_location == CoreStore.location_for(sha)
+    assert cores["S2"].store_location == CoreStore.location_for(sha, 2)
+    assert cores["S0"].store_location != cores["S2"].store_location
+    assert all((store().root / c.store_location).is_file() for c in cores.values())
+
+    # the same draw (one key, one seed) from each core: the pixels of its own page
+    sampler = StoreSampler(store().root, get_profile("test").pss)
+    try:
+        sets = {
+            ref.code: next(sampler.core_batches(ref.sha256, "one key", 0, [[0]], page=ref.page))
+            for ref in refs
+        }
+    finally:
+        sampler.close()
+    assert not np.array_equal(sets["S0"], sets["S2"])
+    for code, page in (("S0", 0), ("S2", 2)):
+        means = sets[code].reshape(-1, 3).mean(axis=0)
+        nearest = min(range(len(tints)), key=lambda i: float(np.abs(means - tints[i]).sum()))
+        assert nearest == page, (code, means)
+
+    again = ingest(two)
+    assert again.added == [] and again.already_present == ["S0", "S2"]  # type: ignore[attr-defined]
+
+    rows = [
+        ("P1", "S0", "stack.tif", "0"),  # 2 already present
+        ("P2", "T1", "stack.tif", "1"),  # 3 a new page: fine
+        ("P2", "T2", "stack.tif", "1"),  # 4 the same page as line 3
+        ("P2", "T3", "stack.tif", "2"),  # 5 the same page as S2, in the database
+        ("P1", "S0", "stack.tif", "1"),  # 6 S0 again, another page: not a repeated row
+        ("P1", "S2", "stack.tif", "3"),  # 7 S2 with another page than it was ingested with
+    ]
+    with pytest.raises(ImportRejected) as info:
+        ingest(write_csv(tmp_path / "bad.csv", header, rows))
+    reasons = {e.line: (e.key, e.reason) for e in info.value.errors}
+    assert set(reasons) == {4, 5, 6, 7}, reasons
+    assert reasons[4][0] == "T2" and "same image as core T1 on line 3" in reasons[4][1]
+    assert reasons[5][0] == "T3" and "same image as core S2, already ingested" in reasons[5][1]
+    assert "duplicate core code (also on line 2)" in reasons[6][1]
+    assert "already ingested with a different image" in reasons[7][1]
+    with session_scope() as s:
+        assert s.scalar(select(func.count()).select_from(Core)) == 2
 
 
 def test_split_names_are_checked(db_url: str) -> None:

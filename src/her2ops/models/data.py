@@ -39,12 +39,14 @@ class LabelledCore:
     """One row of a label snapshot: the core, where its image lives, its consensus label.
 
     ``copy`` numbers the repeats of a core in a bootstrap resample (its patient drawn more than
-    once): each copy gets its own training set stream."""
+    once): each copy gets its own training set stream. The image is ``page`` of the file
+    ``sha256`` (0: its only or first image)."""
 
     core: str
     sha256: str
     label: int
     copy: int = 0
+    page: int = 0
 
 
 SampleFn = Callable[[LabelledCore, int, int], np.ndarray]

@@ -498,11 +498,11 @@ def core_detail(*, actor: str | None, core: str, thumbnail: bool = True) -> dict
             "predictions": preds,
             "image": None,
         }
-        sha = c.sha256
+        sha, page = c.sha256, c.page
     if thumbnail:
         store = get_runtime().store
-        if store.has(sha):
-            with store.open(sha, core=core) as img:
+        if store.has(sha, page):
+            with store.open(sha, page, core=core) as img:
                 out["image"] = img.read_level(len(img.level_shapes) - 1)
     return out
 

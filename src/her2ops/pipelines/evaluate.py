@@ -220,7 +220,9 @@ def run_study_for(
         all_probs = []
         for item in track(items, progress, f"caching {study_sets} set outputs per core"):
             # seed 1 keeps these sets apart from the scoring sets (seed 0)
-            batches = sampler.core_batches(item.sha256, item.core, 1, chunks, out=buffer)
+            batches = sampler.core_batches(
+                item.sha256, item.core, 1, chunks, page=item.page, out=buffer
+            )
             outs = [predict_sets(net, sets, device=dev, batch_size=batch) for sets in batches]
             all_probs.append(np.concatenate(outs))
         sampler.close()

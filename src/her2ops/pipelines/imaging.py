@@ -19,16 +19,17 @@ _SHA_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 MAX_SAMPLE_SETS = 1000
 
 
-def resolve_core(code_or_sha: str) -> tuple[str, str]:
-    """(sha256, name) of a core given by code, or by the sha256 of a stored image."""
+def resolve_core(code_or_sha: str) -> tuple[str, int, str]:
+    """(sha256, page, name) of a core given by code, or by the sha256 of a stored image (the
+    file's only or first image: page 0; other pages are reached by their core's code)."""
     rt = get_runtime()
     if _SHA_RE.match(code_or_sha) and rt.store.has(code_or_sha.lower()):
-        return code_or_sha.lower(), code_or_sha.lower()
+        return code_or_sha.lower(), 0, code_or_sha.lower()
     with rt.session() as s:
-        sha = s.scalar(select(Core.sha256).where(Core.code == code_or_sha))
-    if sha is None:
+        row = s.execute(select(Core.sha256, Core.page).where(Core.code == code_or_sha)).first()
+    if row is None:
         raise NotFound(f"core {code_or_sha}: not a core code nor the sha256 of a stored image")
-    return sha, code_or_sha
+    return row.sha256, row.page, code_or_sha
 
 
 def sample_core(
@@ -56,12 +57,12 @@ def sample_core(
     n_sets = prof.n_sets if sets is None else sets
     if not 1 <= n_sets <= MAX_SAMPLE_SETS:
         raise InvalidRequest(f"--sets must be between 1 and {MAX_SAMPLE_SETS}, not {n_sets}")
-    sha, name = resolve_core(core)
+    sha, page, name = resolve_core(core)
     store = get_runtime().store
     first = None
     try:
         start = time.perf_counter()
-        with store.open(sha, core=name) as img:
+        with store.open(sha, page, core=name) as img:
             height, width = img.level_shapes[0][:2]
             fit_warning = profile_fit(cfg, width, height, name=profile).warning(name)
             stream = iter_sets(img, cfg, key=name, seed=seed, indices=range(n_sets))
@@ -88,6 +89,7 @@ def sample_core(
     return {
         "core": name,
         "sha256": sha,
+        "page": page,
         "profile": profile,
         "seed": seed,
         "sets": n_sets,

@@ -234,15 +234,25 @@ def show_item(
     if not model:
         raise InvalidRequest(f"review item {item} was queued by hand: it has no prediction")
     sets = model["kcs_sets"][: k or len(model["kcs_sets"])]
-    view["png"] = str(draw_kcs_sets(view["core"], view["image"]["sha256"], model, sets, png))
+    image = view["image"]
+    view["png"] = str(
+        draw_kcs_sets(view["core"], image["sha256"], model, sets, png, page=image["page"])
+    )
     return view
 
 
 def draw_kcs_sets(
-    core: str, sha256: str, model: dict[str, Any], sets: list[dict[str, Any]], out: Path
+    core: str,
+    sha256: str,
+    model: dict[str, Any],
+    sets: list[dict[str, Any]],
+    out: Path,
+    *,
+    page: int = 0,
 ) -> Path:
-    """Redraw the exact KCS sets (sampler key = core code, scoring seed, set index) and lay
-    their patches out, one contact sheet per set, stacked, titled with class and confidence."""
+    """Redraw the exact KCS sets (sampler key = core code, scoring seed, set index) of the core
+    stored as image ``page`` of the file ``sha256`` and lay their patches out, one contact sheet
+    per set, stacked, titled with class and confidence."""
     from PIL import Image
 
     from her2ops.imaging.pss import sample_sets
@@ -252,7 +262,7 @@ def draw_kcs_sets(
     cfg = get_profile(model["profile"]).pss
     store = get_runtime().store
     sheets = []
-    with store.open(sha256, core=core) as img:
+    with store.open(sha256, page, core=core) as img:
         arrays = sample_sets(
             img,
             cfg,
@@ -268,13 +278,13 @@ def draw_kcs_sets(
             )
             sheets.append(contact_sheet(arr, cfg, thumb=96, title=title))
     width = max(sh.width for sh in sheets)
-    page = Image.new("RGB", (width, sum(sh.height for sh in sheets)), (32, 32, 32))
+    canvas = Image.new("RGB", (width, sum(sh.height for sh in sheets)), (32, 32, 32))
     y = 0
     for sh in sheets:
-        page.paste(sh, (0, y))
+        canvas.paste(sh, (0, y))
         y += sh.height
     out.parent.mkdir(parents=True, exist_ok=True)
-    page.save(out)
+    canvas.save(out)
     return out
 
 
@@ -297,10 +307,10 @@ def core_pixels(
     rt = get_runtime()
     with rt.session() as s:
         view = V.item_view(s, actor=actor, item_id=item)  # refuses who may not see the item
-    sha, code = view["image"]["sha256"], view["core"]
-    if not rt.store.has(sha):
+    sha, page, code = view["image"]["sha256"], view["image"]["page"], view["core"]
+    if not rt.store.has(sha, page):
         raise InvalidRequest(f"core {code}: image not in the store")
-    with rt.store.open(sha, core=code) as img:
+    with rt.store.open(sha, page, core=code) as img:
         levels = len(img.level_shapes)
         if level is None:
             top = levels - 1

@@ -43,21 +43,21 @@ class StoreSampler:
         self.cfg = cfg
         self.keep_open = keep_open
         self.channels_last = channels_last
-        self._open: OrderedDict[str, StoredImage] = OrderedDict()
+        self._open: OrderedDict[tuple[str, int], StoredImage] = OrderedDict()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_open"] = OrderedDict()
         return state
 
-    def _image(self, sha256: str, core: str) -> StoredImage:
-        img = self._open.pop(sha256, None)
+    def _image(self, sha256: str, core: str, page: int = 0) -> StoredImage:
+        img = self._open.pop((sha256, page), None)
         if img is None:
             try:
-                img = self.store.open(sha256, core=core)
+                img = self.store.open(sha256, page, core=core)
             except StoreError as exc:
                 raise OSError(str(exc)) from exc
-        self._open[sha256] = img
+        self._open[sha256, page] = img
         while len(self._open) > self.keep_open:
             _, old = self._open.popitem(last=False)
             old.close()
@@ -65,7 +65,7 @@ class StoreSampler:
 
     def __call__(self, item: LabelledCore, seed: int, index: int) -> np.ndarray:
         """One set of a labelled core (the PSSDataset's sample function)."""
-        img = self._image(item.sha256, item.core)
+        img = self._image(item.sha256, item.core, item.page)
         try:
             return sample_set(
                 img,
@@ -78,12 +78,15 @@ class StoreSampler:
         except StoreError as exc:
             raise OSError(str(exc)) from exc
 
-    def for_core(self, sha256: str, core: str) -> Callable[[int, Sequence[int]], np.ndarray]:
-        """``(seed, indices) -> sets`` for one core (the inference protocol's sample function);
-        each call decodes its own tiles: :meth:`core_batches` shares them across batches."""
+    def for_core(
+        self, sha256: str, core: str, *, page: int = 0
+    ) -> Callable[[int, Sequence[int]], np.ndarray]:
+        """``(seed, indices) -> sets`` for one core (image ``page`` of the file ``sha256``; the
+        inference protocol's sample function); each call decodes its own tiles:
+        :meth:`core_batches` shares them across batches."""
 
         def draw(seed: int, indices: Sequence[int]) -> np.ndarray:
-            img = self._image(sha256, core)
+            img = self._image(sha256, core, page)
             try:
                 return sample_sets(
                     img,
@@ -105,15 +108,16 @@ class StoreSampler:
         seed: int,
         batches: Sequence[Sequence[int]],
         *,
+        page: int = 0,
         out: np.ndarray | Callable[[], np.ndarray] | None = None,
     ) -> Iterator[np.ndarray]:
-        """The sets ``batches`` of one core, one stacked array per batch, under one plan: each
-        tile is decoded once for all the batches (the scorer draws a core's N sets this way).
-        With ``out`` (from :meth:`batch_buffer`) every batch is written into it, no fresh
-        memory: the consumer must be done with a batch before asking for the next. ``out`` may
-        also be a callable giving the buffer for each batch in turn
-        (:meth:`BatchRing.next_buffer`)."""
-        img = self._image(sha256, core)
+        """The sets ``batches`` of one core (image ``page`` of the file ``sha256``), one stacked
+        array per batch, under one plan: each tile is decoded once for all the batches (the
+        scorer draws a core's N sets this way). With ``out`` (from :meth:`batch_buffer`) every
+        batch is written into it, no fresh memory: the consumer must be done with a batch
+        before asking for the next. ``out`` may also be a callable giving the buffer for each
+        batch in turn (:meth:`BatchRing.next_buffer`)."""
+        img = self._image(sha256, core, page)
         try:
             yield from iter_set_batches(
                 img,

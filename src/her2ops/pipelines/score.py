@@ -132,7 +132,9 @@ class _SetChunks:
     ) -> Iterator[tuple[int, list[int], Any]]:
         """One core's chunks; into ``out`` (see ``StoreSampler.core_batches``) when given."""
         core = self.cores[pos]
-        batches = self.sampler.core_batches(core.sha256, core.code, self.seed, self.chunks, out=out)
+        batches = self.sampler.core_batches(
+            core.sha256, core.code, self.seed, self.chunks, page=core.page, out=out
+        )
         try:
             for idx, sets in zip(self.chunks, batches, strict=True):
                 yield pos, idx, sets

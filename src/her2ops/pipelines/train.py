@@ -107,13 +107,17 @@ def geometry_warnings(profile: Profile, items: list[SnapshotItem]) -> list[str]:
 def _items(snapshot: list[SnapshotItem], partition: str) -> list[Any]:
     from her2ops.models.data import LabelledCore
 
-    return [LabelledCore(i.core, i.sha256, i.label) for i in snapshot if i.partition == partition]
+    return [
+        LabelledCore(i.core, i.sha256, i.label, page=i.page)
+        for i in snapshot
+        if i.partition == partition
+    ]
 
 
 def _training_items(sample: TrainingSample) -> list[Any]:
     from her2ops.models.data import LabelledCore
 
-    return [LabelledCore(i.core, i.sha256, i.label, copy) for i, copy in sample.cores]
+    return [LabelledCore(i.core, i.sha256, i.label, copy, page=i.page) for i, copy in sample.cores]
 
 
 def train_model(
@@ -382,7 +386,7 @@ def _register(
         # one plan per core: each tile is decoded once for all its N sets, as scoring does
         sc = score_batches(
             net,
-            sampler.core_batches(item.sha256, item.core, 0, chunks),
+            sampler.core_batches(item.sha256, item.core, 0, chunks, page=item.page),
             top_k=profile.top_k,
             device=dev,
             batch_size=profile.recipe.batch_size,

@@ -134,6 +134,11 @@ class _Candidate:
     sha256: str = ""
     info: ImageInfo | None = None
 
+    @property
+    def image_key(self) -> tuple[str, int]:
+        """What identifies the core's image: (file sha256, page); no page column means 0."""
+        return self.sha256, self.page or 0
+
 
 MANIFEST_REQUIRED = ("patient", "core", "image")
 #: ``page``: which image of a file that holds several (multi-page TIFF, animated PNG,
@@ -212,7 +217,8 @@ def ingest_manifest(
 
     All rows or none: any bad row raises :class:`ImportRejected` listing every bad row, and
     nothing is written to the database. With ``skip_invalid`` the good rows are loaded and the
-    bad ones reported. Re-running a manifest is a no-op (same core code, patient and image).
+    bad ones reported. Re-running a manifest is a no-op (same core code, patient and image). An
+    image is a page of a file: different pages of one multi-page file are different cores.
     Images are copied into the store before the database transaction; a rejected import can
     leave store files that no core references, which is harmless (content-addressed, reused).
     """
@@ -274,9 +280,10 @@ def ingest_manifest(
     patient_of_core_id = {p.id: p.code for p in existing_patients.values()}
 
     # Hash every file first (cheap, streaming): duplicates and re-runs are recognised before
-    # any image is decoded, and each new image is then decoded exactly once.
+    # any image is decoded, and each new image is then decoded exactly once. An image is a
+    # (file, page) pair: the pages of one multi-page file are different cores.
     valid: list[_Candidate] = []
-    seen_sha: dict[str, _Candidate] = {}
+    seen_image: dict[tuple[str, int], _Candidate] = {}
     for cand in candidates:
         if not cand.image.is_file():
             errors.append(RowError(cand.row.line, f"{cand.image}: no such file", cand.core))
@@ -286,29 +293,31 @@ def ingest_manifest(
         except OSError as exc:
             errors.append(RowError(cand.row.line, f"{cand.image}: cannot read: {exc}", cand.core))
             continue
-        other = seen_sha.get(cand.sha256)
+        other = seen_image.get(cand.image_key)
         if other is not None:
             errors.append(
                 RowError(
                     cand.row.line,
-                    f"same image as core {other.core} on line {other.row.line}",
+                    f"same image as core {other.core} on line {other.row.line}" + _page_note(cand),
                     cand.core,
                 )
             )
             continue
-        seen_sha[cand.sha256] = cand
+        seen_image[cand.image_key] = cand
         valid.append(cand)
 
-    by_sha = {c.sha256: c for c in _in_chunks(session, Core, Core.sha256, list(seen_sha))}
+    shas = [sha for sha, _ in seen_image]
+    by_image = {(c.sha256, c.page): c for c in _in_chunks(session, Core, Core.sha256, shas)}
     to_add: list[_Candidate] = []
     for cand in valid:
         existing = existing_cores.get(cand.core)
         if existing is not None:
             same_patient = patient_of_core_id.get(existing.patient_id) == cand.patient
-            if existing.sha256 == cand.sha256 and same_patient:
+            same_image = (existing.sha256, existing.page) == cand.image_key
+            if same_image and same_patient:
                 report.already_present.append(cand.core)
             else:
-                what = "image" if existing.sha256 != cand.sha256 else "patient"
+                what = "patient" if same_image else "image"
                 errors.append(
                     RowError(
                         cand.row.line,
@@ -317,11 +326,13 @@ def ingest_manifest(
                     )
                 )
             continue
-        holder = by_sha.get(cand.sha256)
+        holder = by_image.get(cand.image_key)
         if holder is not None:
             errors.append(
                 RowError(
-                    cand.row.line, f"same image as core {holder.code}, already ingested", cand.core
+                    cand.row.line,
+                    f"same image as core {holder.code}, already ingested" + _page_note(cand),
+                    cand.core,
                 )
             )
             continue
@@ -353,7 +364,7 @@ def ingest_manifest(
         if errors and not skip_invalid:
             continue  # the import will be rejected: validate the rest, store nothing more
         try:
-            stored[cand.core] = _store_once(store, rgb, cand.sha256)
+            stored[cand.core] = _store_once(store, rgb, *cand.image_key)
         except (StoreError, OSError) as exc:
             errors.append(RowError(cand.row.line, f"could not store image: {exc}", cand.core))
         del rgb
@@ -396,6 +407,7 @@ def ingest_manifest(
                 + (f" [page {cand.page}]" if cand.page is not None else ""),
                 store_location=stored[cand.core],
                 sha256=cand.info.sha256,
+                page=cand.page or 0,
                 width=cand.info.width,
                 height=cand.info.height,
                 conversion=cand.info.conversion,
@@ -424,25 +436,25 @@ def ingest_manifest(
 
 
 def _same_row(a: _Candidate, b: _Candidate) -> bool:
-    return (a.patient, a.core, a.image, a.slide, a.grid_row, a.grid_col, a.site) == (
-        b.patient,
-        b.core,
-        b.image,
-        b.slide,
-        b.grid_row,
-        b.grid_col,
-        b.site,
-    )
+    def fields(c: _Candidate) -> tuple[object, ...]:
+        return (c.patient, c.core, c.image, c.page or 0, c.slide, c.grid_row, c.grid_col, c.site)
+
+    return fields(a) == fields(b)
 
 
-def _store_once(store: CoreStore, rgb: Any, sha256: str) -> str:
-    """Store location of ``sha256``, writing it unless an intact copy is already there."""
-    if store.has(sha256):
+def _page_note(cand: _Candidate) -> str:
+    return f" (page {cand.page} of the same file)" if cand.page is not None else ""
+
+
+def _store_once(store: CoreStore, rgb: Any, sha256: str, page: int) -> str:
+    """Store location of image ``page`` of file ``sha256``, written unless an intact copy is
+    already there."""
+    if store.has(sha256, page):
         try:
-            return store.describe(sha256).location
+            return store.describe(sha256, page).location
         except StoreError:
             pass  # a damaged copy: rewrite it
-    return store.put_array(rgb, sha256=sha256).location
+    return store.put_array(rgb, sha256=sha256, page=page).location
 
 
 def _in_chunks(session: Session, model: type[T], column: object, values: list[str]) -> list[T]:

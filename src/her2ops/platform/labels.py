@@ -114,6 +114,7 @@ class SnapshotItem:
     width: int = 0
     height: int = 0
     patient: str = ""  # the patient's code (ensembles resample training patients)
+    page: int = 0  # which image of the file ``sha256`` (0: its only or first one)
 
 
 def label_snapshot(session: Session, split: str) -> tuple[list[SnapshotItem], str]:
@@ -133,6 +134,7 @@ def label_snapshot(session: Session, split: str) -> tuple[list[SnapshotItem], st
             Core.width,
             Core.height,
             Patient.code,
+            Core.page,
         )
         .join(ConsensusLabel, ConsensusLabel.core_id == Core.id)
         .join(Patient, Patient.id == Core.patient_id)
@@ -143,12 +145,16 @@ def label_snapshot(session: Session, split: str) -> tuple[list[SnapshotItem], st
         .order_by(Core.code)
     )
     items = [
-        SnapshotItem(code, sha, loc or "", int(score), parts[pid], w, h, patient)
-        for code, sha, loc, pid, score, w, h, patient in session.execute(q)
+        SnapshotItem(code, sha, loc or "", int(score), parts[pid], w, h, patient, page)
+        for code, sha, loc, pid, score, w, h, patient, page in session.execute(q)
         if pid in parts and score is not None
     ]
+    # The page joins a row only when it is not 0, so the hash of a snapshot without multi-page
+    # files is the one recorded before pages existed (lineage and retrain checks compare it).
     digest = hashlib.sha256(
-        json.dumps([[i.core, i.sha256, i.label, i.partition] for i in items]).encode()
+        json.dumps(
+            [[i.core, i.sha256, i.label, i.partition, *([i.page] if i.page else [])] for i in items]
+        ).encode()
     ).hexdigest()
     return items, digest
 

@@ -42,11 +42,13 @@ class PredictionKey:
 
 @dataclass(frozen=True)
 class CoreRef:
-    """A core to score: database id, code and the sha256 naming its image in the store."""
+    """A core to score: database id, code, and its image in the store (``page`` of the file
+    ``sha256``)."""
 
     id: int
     code: str
     sha256: str
+    page: int = 0
 
 
 def scored_core_ids(session: Session, key: PredictionKey) -> set[int]:
@@ -97,9 +99,9 @@ def cores_by_code(session: Session, codes: Iterable[str]) -> list[CoreRef]:
     """The cores named by ``codes`` (in the given order); NotFound lists the unknown ones."""
     wanted = list(dict.fromkeys(codes))
     rows = {
-        r.code: CoreRef(r.id, r.code, r.sha256)
+        r.code: CoreRef(r.id, r.code, r.sha256, r.page)
         for r in session.execute(
-            select(Core.id, Core.code, Core.sha256).where(Core.code.in_(wanted))
+            select(Core.id, Core.code, Core.sha256, Core.page).where(Core.code.in_(wanted))
         )
     }
     missing = [c for c in wanted if c not in rows]
@@ -120,11 +122,11 @@ def partition_cores(session: Session, split: str, partition: str) -> list[CoreRe
     get_split(session, split)
     parts = patient_partitions(session, split)
     rows = session.execute(
-        select(Core.id, Core.code, Core.sha256, Core.patient_id)
+        select(Core.id, Core.code, Core.sha256, Core.page, Core.patient_id)
         .where(Core.status == "ingested")
         .order_by(Core.code)
     ).all()
-    return [CoreRef(r[0], r[1], r[2]) for r in rows if parts.get(r[3]) == partition]
+    return [CoreRef(r[0], r[1], r[2], r[3]) for r in rows if parts.get(r[4]) == partition]
 
 
 def final_scores(

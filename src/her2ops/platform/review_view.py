@@ -161,7 +161,12 @@ def item_view(
         "status": item.status,
         "mode": item.mode,
         "blinded": blinded,
-        "image": {"sha256": core.sha256, "width": core.width, "height": core.height},
+        "image": {
+            "sha256": core.sha256,
+            "page": core.page,
+            "width": core.width,
+            "height": core.height,
+        },
         "votes_needed": item.votes_needed,
         "votes_done": item.votes_done,
     }
