@@ -8,6 +8,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import func, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
+from her2ops.errors import Conflict
 from her2ops.platform import migrate
 from her2ops.platform.db import get_engine, session_scope
 from her2ops.platform.schema import Base, Core, Patient, Vote
@@ -95,7 +96,7 @@ def test_core_page_migration_keeps_rows_and_refuses_a_lossy_downgrade(blank_db_u
     with pytest.raises(IntegrityError):
         _add_core(url, "C4", sha, page=-1)
 
-    with pytest.raises(RuntimeError, match="several cores come from pages of one file"):
+    with pytest.raises(Conflict, match="several cores come from pages of one file"):
         migrate.downgrade("0007", url)
     assert migrate.current(url) == "0008"
     with get_engine(url).begin() as conn:

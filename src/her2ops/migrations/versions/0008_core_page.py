@@ -13,13 +13,16 @@ On SQLite the unique key is part of the table definition, so the table is rebuil
 mode). Other tables refer to ``cores``; ``env.py`` runs SQLite migrations with foreign keys off
 and checks them before committing, as SQLite's ALTER TABLE procedure asks.
 
-Downgrade refuses while two cores share a file: the old schema cannot hold them.
+Downgrade refuses (``Conflict``, one line in the CLI) while two cores share a file: the old
+schema cannot hold them.
 """
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
+
+from her2ops.errors import Conflict
 
 revision = "0008"
 down_revision = "0007"
@@ -46,7 +49,7 @@ def downgrade() -> None:
     shared = op.get_bind().execute(sa.text(_SHARED_FILES)).all()
     if shared:
         files = ", ".join(f"{sha[:12]}... ({n} cores)" for sha, n in shared)
-        raise RuntimeError(
+        raise Conflict(
             "cannot downgrade below 0008: several cores come from pages of one file "
             f"({files}); the earlier schema allows one core per file"
         )
