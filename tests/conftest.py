@@ -14,8 +14,12 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    import psycopg
 
 PG_ADMIN_URL = os.environ.get(
     "HER2OPS_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -23,7 +27,7 @@ PG_ADMIN_URL = os.environ.get(
 _TEMPLATE = f"her2ops_tpl_{uuid.uuid4().hex[:8]}"
 
 
-def _pg_admin_conn():  # type: ignore[no-untyped-def]
+def _pg_admin_conn() -> psycopg.Connection[tuple[Any, ...]]:
     import psycopg
 
     dsn = PG_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://")
