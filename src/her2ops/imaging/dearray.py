@@ -98,7 +98,9 @@ class SlideImage:
     without decoding anything, and more than ``max_pixels`` pixels (default
     ``HER2OPS_MAX_SLIDE_PIXELS``) is refused. A file holding several images (a multi-page TIFF,
     an animated PNG, a multi-picture JPEG; pyramid levels and a slide's label or macro images do
-    not count) is refused unless ``page`` chooses one, as at ingest.
+    not count) is refused unless ``page`` chooses one, as at ingest. A TIFF's pixels (the
+    overview level included) are read as at ingest, by ``tiff_reader.decode_tiff``: strictly,
+    each JPEG tile or strip checked, with the same conversions to RGB.
     """
 
     def __init__(
@@ -227,17 +229,8 @@ class SlideImage:
         """The full-resolution RGB image (read once, then kept)."""
         if self._full is None:
             assert self.path is not None
-            if self._is_tiff and self._page is not None:
-                import tifffile
-
-                from her2ops.imaging.tiff_reader import image_pages
-
-                with tifffile.TiffFile(self.path) as tf:
-                    self._full = _to_rgb(image_pages(tf)[self._page].asarray())
-            elif self._is_tiff:
-                import tifffile
-
-                self._full = _to_rgb(tifffile.imread(self.path, level=0))
+            if self._is_tiff:
+                self._full = self._read_tiff(level=0)
             else:
                 with self._open_pil() as im:
                     if self._page:
@@ -245,19 +238,24 @@ class SlideImage:
                     self._full = _to_rgb(np.asarray(im.convert("RGB")))
         return self._full
 
+    def _read_tiff(self, level: int) -> U8:
+        """One level of the TIFF, read as ingest reads it (strict, same conversions to RGB)."""
+        from her2ops.imaging.tiff_reader import decode_tiff
+
+        assert self.path is not None
+        return decode_tiff(self.path, self.max_pixels, self._page, level=level)[3]
+
     def thumbnail(self, max_side: int = DEFAULT_MAX_SIDE) -> tuple[U8, float]:
         """An RGB overview at most ``max_side`` px on its long side, and its downsampling factor
         (full-resolution px per overview px)."""
         h0, w0 = self.shape
         if self._is_tiff and len(self._levels) > 1 and self._full is None:  # a pyramid
-            import tifffile
-
             # the smallest pyramid level still at least max_side, to resample from
             level = 0
             for i, (h, w) in enumerate(self._levels):
                 if max(h, w) >= max_side:
                     level = i
-            src = _to_rgb(tifffile.imread(self.path, level=level))
+            src = self._read_tiff(level)
         else:
             src = self.full()
         factor = max(h0, w0) / max_side

@@ -27,6 +27,7 @@ black); a JPEG must be whole: complete segments, every scan and restart interval
 end-of-image marker after the last scan, and entropy-coded data that does not stop before the
 last block (libjpeg only warns about that and fills in grey; :mod:`her2ops.imaging.jpeg_reader`
 says how it is detected, and what it cannot promise); in TIFF, any decoder warning is an error
+and each tile or strip of a JPEG-compressed page must be a whole JPEG in the same sense
 (:mod:`her2ops.imaging.tiff_reader`). Files with several
 images (multi-page TIFF, animated PNG, multi-picture JPEG) are refused, naming how many they
 hold, unless the caller chooses one with ``page=``.

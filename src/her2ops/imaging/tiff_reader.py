@@ -10,15 +10,27 @@ Part of :mod:`her2ops.imaging.readers` (which documents the conversions). What i
   segment converted straight into the preallocated ``(H, W, 3)`` output, so validation needs the
   output plus a few segments, not a full-size copy per conversion step;
 - **strict**: a tile or strip with no data, one that does not decode, or any warning tifffile
-  logs while decoding is an error, not a black patch.
+  logs while decoding is an error, not a black patch. A JPEG-compressed tile or strip
+  (compression 7, as scanners write; its tables may be in the page's JPEGTables) is checked
+  and probed like a JPEG file (:func:`her2ops.imaging.jpeg_reader.decode_jpeg_segment`), since
+  libjpeg fills a cut tile in grey with a mere warning that never reaches Python; the error
+  names the file, the page and the tile or strip (its index in TileOffsets or StripOffsets).
+  NDPI's JPEG (one stream cut into tiles by restart markers, which tifffile reads through a
+  header of its own) is not checked this way.
+
+Every read of a TIFF's pixels for ingest (:func:`~her2ops.imaging.readers.read_rgb`) and
+dearray (:class:`~her2ops.imaging.dearray.SlideImage`, its overview level included) goes
+through :func:`decode_tiff`.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +41,8 @@ from her2ops.imaging.readers import ImageError, PixelConversion, check_size
 SLIDE_FLAGS = ("svs", "ndpi", "scn", "bif")
 _ROWS = 1024  # rows converted at once for planar (separate-sample) pages
 _READ_BYTES = 8 << 20  # compressed bytes read from the file at once
+# tiles or strips that each hold a JPEG stream: JPEG ("new-style"), DNG's lossy JPEG
+_JPEG = frozenset({7, 34892})
 
 
 class TiffUnreadable(ImageError):
@@ -36,9 +50,10 @@ class TiffUnreadable(ImageError):
 
 
 def decode_tiff(
-    path: Path, max_pixels: int, page: int | None
+    path: Path, max_pixels: int, page: int | None, *, level: int = 0
 ) -> tuple[str, str, str | None, np.ndarray]:
-    """``(format, mode, conversion, rgb)`` of one page of a TIFF file."""
+    """``(format, mode, conversion, rgb)`` of one page of a TIFF file; ``level``: a lower
+    pyramid level of a file holding one image (0: full resolution)."""
     import tifffile
 
     try:
@@ -62,7 +77,10 @@ def decode_tiff(
         index = page or 0
         if not 0 <= index < len(pages):
             raise ImageError(f"{path}: page {index} asked, the TIFF holds {len(pages)} page(s)")
-        tpage = pages[index]
+        tpage, where = pages[index], f"{path}: page {index}"
+        if level:
+            tpage = _level_page(path, tf, len(pages), level)
+            where += f", pyramid level {level}"
         height, width = int(tpage.imagelength), int(tpage.imagewidth)
         check_size(path, width, height, max_pixels)
         if int(tpage.imagedepth) != 1:
@@ -77,7 +95,7 @@ def decode_tiff(
         rgb = np.empty((height, width, 3), dtype=np.uint8)
         with _strict(path):
             try:
-                _decode_into(path, tpage, conv, rgb)
+                _decode_into(path, where, tpage, conv, rgb)
             except ImageError:
                 raise
             except Exception as exc:
@@ -108,6 +126,16 @@ def image_pages(tf: Any) -> list[Any]:
                 "is not a set of 2-D images"
             )
     return pages
+
+
+def _level_page(path: Path, tf: Any, pages: int, level: int) -> Any:
+    levels = tf.series[0].levels
+    if pages != 1 or not 0 <= level < len(levels):
+        raise ImageError(
+            f"{path}: pyramid level {level} asked, the TIFF holds {pages} image(s) and "
+            f"{len(levels)} level(s)"
+        )
+    return levels[level].keyframe
 
 
 def _check_extent(path: Path, size: int, page: Any) -> None:
@@ -175,11 +203,11 @@ def _conversion(path: Path, page: Any) -> PixelConversion:
     )
 
 
-def _decode_into(path: Path, page: Any, conv: PixelConversion, rgb: np.ndarray) -> None:
+def _decode_into(path: Path, where: str, page: Any, conv: PixelConversion, rgb: np.ndarray) -> None:
     height, width = rgb.shape[:2]
     separate = int(page.planarconfig) == 2 and conv.samples > 1
     staging = np.empty((height, width, conv.samples), dtype=np.uint8) if separate else None
-    for segment, index, shape in page.segments(maxworkers=1, buffersize=_READ_BYTES):
+    for segment, index, shape in _segments(where, page):
         s, _, y, x, _ = index
         if segment is None:
             raise ImageError(f"{path}: truncated TIFF (a tile or strip at row {y} has no data)")
@@ -194,6 +222,44 @@ def _decode_into(path: Path, page: Any, conv: PixelConversion, rgb: np.ndarray) 
     if staging is not None:
         for y in range(0, height, _ROWS):
             conv.apply(staging[y : y + _ROWS], rgb[y : y + _ROWS], scaled=True)
+
+
+def _segments(where: str, page: Any) -> Iterator[tuple[Any, Any, Any]]:
+    """``page.segments()``, in order: ``(samples or None, index, shape)`` of each tile or strip;
+    a JPEG one is checked and probed first, with tifffile's own decoder (same samples)."""
+    keyframe = page.keyframe
+    if int(keyframe.compression) not in _JPEG or keyframe.jpegheader is not None:
+        yield from page.segments(maxworkers=1, buffersize=_READ_BYTES)
+        return
+    from her2ops.imaging.jpeg_reader import decode_jpeg_segment
+
+    # as page.segments() decodes: tifffile's decoder for the page, the page's JPEGTables
+    args = {"jpegtables": page.jpegtables, "jpegheader": None, "_fullsize": keyframe.is_tiled}
+    kind = "tile" if keyframe.is_tiled else "strip"
+    fh = page.parent.filehandle
+    for data, number in fh.read_segments(
+        page.dataoffsets,
+        page.databytecounts,
+        length=math.prod(keyframe.chunked),
+        sort=False,
+        lock=fh.lock,
+        buffersize=_READ_BYTES,
+        flat=True,
+    ):
+        _, index, shape = keyframe.decode(None, number, **args)  # no data: where it goes
+        if data is None:
+            yield None, index, shape
+            continue
+        name = f"{where}, {kind} {number} (x {index[3]}, y {index[2]})"
+        decode = partial(_decode_segment, keyframe.decode, number, args)
+        yield decode_jpeg_segment(name, data, decode), index, shape
+
+
+def _decode_segment(
+    decode: Any, number: int, args: dict[str, Any], data: bytearray, _out: np.ndarray | None
+) -> np.ndarray:
+    samples: np.ndarray = decode(data, number, **args)[0]
+    return samples
 
 
 @contextmanager
