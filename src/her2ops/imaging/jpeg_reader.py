@@ -248,15 +248,8 @@ def _crc(samples: np.ndarray) -> int:
     return zlib.crc32(np.ascontiguousarray(samples).data)
 
 
-#: ``decode(picture, out)``: the samples of one JPEG stream (into ``out`` where it can).
-Decoder = Callable[[bytearray, np.ndarray | None], np.ndarray]
-
-
-def _jpeg8(picture: bytearray, out: np.ndarray | None) -> np.ndarray:
-    import imagecodecs
-
-    decoded: np.ndarray = imagecodecs.jpeg8_decode(picture, out=out)
-    return decoded
+#: ``decode(picture)``: the samples of one JPEG stream, in a new array.
+Decoder = Callable[[bytearray], np.ndarray]
 
 
 def probe_decode(
@@ -265,21 +258,33 @@ def probe_decode(
     layout: JpegLayout,
     offset: int,
     out: np.ndarray | None,
-    decode: Decoder = _jpeg8,
+    decode: Decoder | None = None,
 ) -> np.ndarray:
     """Decode ``picture`` (one JPEG, as found at ``offset`` in the file) twice, the second time
-    with filler after each scan, and refuse it if the two differ. Returns the decoded samples
-    (in ``out`` when given and ``decode`` can). ``picture`` is changed in place. ``decode``:
-    libjpeg-turbo through imagecodecs unless the caller brings its own (a TIFF reader's, with
-    the TIFF's JPEGTables and colour spaces)."""
+    with filler after each scan, and refuse it if the two differ. Returns the decoded samples.
+    ``picture`` is changed in place.
+
+    Without ``decode``, libjpeg-turbo (through imagecodecs) decodes both times into the same
+    buffer (``out`` when given), and the two are compared by CRC: memory stays at one image.
+    ``decode`` is a caller's own decoder (a TIFF reader's, which brings the TIFF's JPEGTables
+    and colour spaces) for small pictures such as tiles: two arrays, compared directly."""
+    import imagecodecs
+
     try:
-        first = decode(picture, out)
-        first_crc = _crc(first)
-        _with_filler(picture, layout, offset)
-        second = decode(picture, first)
+        if decode is None:
+            first = imagecodecs.jpeg8_decode(picture, out=out)
+            first_crc = _crc(first)
+            _with_filler(picture, layout, offset)
+            second = imagecodecs.jpeg8_decode(picture, out=first)
+            same = _crc(second) == first_crc
+        else:
+            first = decode(picture)
+            _with_filler(picture, layout, offset)
+            second = decode(picture)
+            same = np.array_equal(first, second)
     except Exception as exc:  # imagecodecs.Jpeg8Error
         raise ImageError(f"{path}: truncated or corrupt image data: {exc}") from None
-    if _crc(second) != first_crc:
+    if not same:
         raise ImageError(
             f"{path}: truncated JPEG (the entropy-coded data of a scan stops before its last "
             "block; libjpeg would fill the rest in grey)"

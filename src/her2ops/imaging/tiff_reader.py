@@ -255,9 +255,7 @@ def _segments(where: str, page: Any) -> Iterator[tuple[Any, Any, Any]]:
         yield decode_jpeg_segment(name, data, decode), index, shape
 
 
-def _decode_segment(
-    decode: Any, number: int, args: dict[str, Any], data: bytearray, _out: np.ndarray | None
-) -> np.ndarray:
+def _decode_segment(decode: Any, number: int, args: dict[str, Any], data: bytearray) -> np.ndarray:
     samples: np.ndarray = decode(data, number, **args)[0]
     return samples
 
