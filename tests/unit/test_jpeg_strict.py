@@ -189,3 +189,23 @@ def test_lossless_jpeg_passes_and_its_cut_is_refused(tmp_path: Path, rgb: np.nda
     path.write_bytes(data[: (start + end) // 2] + EOI)
     with pytest.raises(ImageError, match=r"lossless\.jpg: truncated JPEG"):
         read_rgb(path, max_pixels=MAX)
+
+
+def test_a_jpeg_slide_cut_short_is_refused_by_dearray(tmp_path: Path, rgb: np.ndarray) -> None:
+    """A slide is read as ingest reads a core: a JPEG slide cut short is refused, not dearrayed
+    half grey; the whole one gives Pillow's pixels."""
+    from her2ops.imaging.dearray import SlideImage
+
+    data = _jpeg(rgb, quality=90)
+    start, end = _scan_data(data)
+    cut = tmp_path / "slide-cut.jpg"
+    cut.write_bytes(data[: (start + end) // 2] + EOI)
+    slide = SlideImage(cut, max_pixels=MAX)  # the header is whole
+    with pytest.raises(ImageError, match=r"slide-cut\.jpg: truncated JPEG"):
+        slide.full()
+    whole = tmp_path / "slide.jpg"
+    whole.write_bytes(data)
+    with Image.open(whole) as im:
+        np.testing.assert_array_equal(
+            SlideImage(whole, max_pixels=MAX).full(), np.asarray(im.convert("RGB"))
+        )

@@ -98,9 +98,10 @@ class SlideImage:
     without decoding anything, and more than ``max_pixels`` pixels (default
     ``HER2OPS_MAX_SLIDE_PIXELS``) is refused. A file holding several images (a multi-page TIFF,
     an animated PNG, a multi-picture JPEG; pyramid levels and a slide's label or macro images do
-    not count) is refused unless ``page`` chooses one, as at ingest. A TIFF's pixels (the
-    overview level included) are read as at ingest, by ``tiff_reader.decode_tiff``: strictly,
-    each JPEG tile or strip checked, with the same conversions to RGB.
+    not count) is refused unless ``page`` chooses one, as at ingest. The pixels are read as at
+    ingest, strictly and with the same conversions to RGB: a TIFF's (the overview level
+    included) by ``tiff_reader.decode_tiff``, each JPEG tile or strip checked; a PNG's or JPEG's
+    by ``readers.decode_pillow`` (a JPEG cut short is refused).
     """
 
     def __init__(
@@ -231,11 +232,10 @@ class SlideImage:
             assert self.path is not None
             if self._is_tiff:
                 self._full = self._read_tiff(level=0)
-            else:
-                with self._open_pil() as im:
-                    if self._page:
-                        im.seek(self._page)
-                    self._full = _to_rgb(np.asarray(im.convert("RGB")))
+            else:  # PNG or JPEG, decoded as ingest decodes it (strict, same conversions)
+                from her2ops.imaging.readers import decode_pillow
+
+                self._full = decode_pillow(self.path, self.max_pixels, self._page)[3]
         return self._full
 
     def _read_tiff(self, level: int) -> U8:

@@ -137,7 +137,7 @@ def read_rgb(
             fmt, mode, conversion, rgb = _decode_openslide(path, max_pixels, page, exc)
     else:
         try:
-            fmt, mode, conversion, rgb = _decode_pillow(path, max_pixels, page)
+            fmt, mode, conversion, rgb = decode_pillow(path, max_pixels, page)
         except _NotPillow as exc:
             if suffix not in SLIDE_SUFFIXES:
                 raise ImageError(
@@ -196,9 +196,12 @@ def _pillow_limit_off() -> AbstractContextManager[None]:
     return pillow_pixel_limit(None)
 
 
-def _decode_pillow(
+def decode_pillow(
     path: Path, max_pixels: int, page: int | None
 ) -> tuple[str, str, str | None, np.ndarray]:
+    """A PNG or JPEG decoded as ingest decodes it: strictly (a JPEG cut short is refused, a
+    PNG's chunks are checked) and converted to RGB the same way; ``(format, mode, conversion,
+    rgb)``. Raises ``_NotPillow`` for a file Pillow does not recognise."""
     try:
         with _pillow_limit_off():
             im = Image.open(path)
