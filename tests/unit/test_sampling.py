@@ -131,21 +131,23 @@ def _corrupt_level0(path: Path) -> None:
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
 def test_worker_batches_stay_intact_while_the_consumer_holds_them(
-    stored: tuple[Path, str],
+    stored: tuple[Path, str], start_method: str
 ) -> None:
     """Two sampling processes write into rings of 2 slots each while a slow consumer holds
     every batch a while: each batch it reads, after its work, equals an in-process draw of
     the same core and sets. The DataLoader keeps 2 tasks per worker in flight (4 for worker 0
     once worker 1, with one core to worker 0's two, is done): with the batch the consumer
     holds, more than a ring of 2, so only the ring's own flow control keeps a worker from
-    overwriting the slot the consumer reads."""
+    overwriting the slot the consumer reads. The same whether the processes are forked or
+    spawned (the ring and the dataset pickled to a fresh interpreter, as on macOS)."""
     root, sha = stored
     cores = [CoreRef(i, f"C{i}", sha) for i in range(3)]  # the code keys the draw
     ds = _SetChunks(cores, StoreSampler(root, CFG), n=7, chunk=2, seed=3)
     expected = {(pos, tuple(idx)): sets for pos in range(3) for pos, idx, sets in ds.stream(pos)}
     seen = []
-    for pos, idx, sets in _iter_chunks(ds, 2, prefetch=2, slots=2):
+    for pos, idx, sets in _iter_chunks(ds, 2, prefetch=2, slots=2, start_method=start_method):
         assert not isinstance(sets, str)
         time.sleep(0.05)  # the network at work on the batch
         np.testing.assert_array_equal(sets, expected[pos, tuple(idx)])

@@ -167,6 +167,7 @@ def _iter_chunks(
     *,
     prefetch: int | None = None,
     slots: int | None = None,
+    start_method: str | None = None,
 ) -> Iterator[Any]:
     """Every core's chunks; with ``workers``, cores are dealt to sampling processes that run
     ahead of the network (a core's chunks come from one process, in order). Each process
@@ -177,7 +178,8 @@ def _iter_chunks(
     The ring is not pinned (the DataLoader's pinning would copy every batch again), so a
     batch goes to a GPU from pageable memory; registering the ring's buffers as pinned in
     place (``cudaHostRegister``) is left undone: unmeasured, and a pinned batch's copy runs
-    asynchronously, past the point where the consumer gives its slot back."""
+    asynchronously, past the point where the consumer gives its slot back. ``start_method``:
+    how the processes start (default: the platform's; fork and spawn are tested)."""
     largest = max(len(c) for c in ds.chunks)
     if workers == 0:
         # In process, the consumer is done with a chunk before it asks for the next: one
@@ -196,7 +198,7 @@ def _iter_chunks(
     shape = ds.sampler.batch_shape(largest)
     if prefetch is None:
         prefetch = 1 if int(np.prod(shape)) > BIG_BATCH_BYTES else 2
-    context = multiprocessing.get_context()
+    context = multiprocessing.get_context(start_method)
     ring = BatchRing(workers, prefetch + 1 if slots is None else slots, shape, context)
     loader: DataLoader[Any] = DataLoader(
         ShardedStream(range(len(ds.cores)), _RingChunks(ds, ring)),
