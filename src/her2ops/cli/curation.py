@@ -384,8 +384,9 @@ def _print_split(info: dict[str, Any], json_out: bool) -> None:
         emit_json(info)
         return
     frozen = f"frozen: {info['frozen_reason']}" if info["frozen"] else "not frozen"
+    balanced = ", class-balanced test" if info.get("balanced_test") else ""
     typer.echo(
-        f"split {info['name']} (seed {info['seed']}, {frozen}): {info['patients']} "
+        f"split {info['name']} (seed {info['seed']}{balanced}, {frozen}): {info['patients']} "
         f"patients, {info['unassigned_patients']} unassigned"
     )
     for unit in ("by_patient", "by_core"):

@@ -117,9 +117,11 @@ def main() -> None:
     her2ops("votes", "import", SYN / "votes.csv", user="lab")
     her2ops("votes", "import", SYN / "votes.csv", user="lab")
 
-    banner("4. Consensus by the voting protocol, a patient-level split, agreement statistics")
+    banner("4. Consensus by the voting protocol, patient-level splits, agreement statistics")
     her2ops("consensus", user="lab")
     her2ops("split", "create", "main", "--seed", 42, "--ratios", "0.6,0.2,0.2", user="lab")
+    # the paper's kind of split beside it: the test cores class-balanced (extend keeps them so)
+    her2ops("split", "create", "paper", "--seed", 42, "--balanced-test", user="lab")
     her2ops("stats", user="lab")
 
     banner("5. What the model sees: pyramid sampling sets of one stored core")
