@@ -3,12 +3,6 @@ store is PostgreSQL (artefacts proxied by the server), as in production."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,66 +15,15 @@ from her2ops.pipelines import train as train_mod
 from her2ops.pipelines.runtime import get_runtime
 from her2ops.pipelines.score import score_cores
 from tests.conftest import pg_database
-from tests.factories import curate_synthetic, free_port
+from tests.factories import curate_synthetic, serve_mlflow
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def mlflow_server(tmp_path: Path) -> Iterator[str]:
-    with pg_database("her2ops_mlflow") as backend:
-        yield from _serve(backend, tmp_path)
-
-
-def _serve(backend: str, tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    log = (tmp_path / "mlflow-server.log").open("w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--backend-store-uri",
-            backend,
-            "--artifacts-destination",
-            str(tmp_path / "artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    "mlflow server did not start:\n"
-                    + (tmp_path / "mlflow-server.log").read_text()[-3000:]
-                )
-            time.sleep(0.5)
+    with pg_database("her2ops_mlflow") as backend, serve_mlflow(backend, tmp_path) as url:
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
 
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
