@@ -5,7 +5,8 @@ JSON schema through ``check-jsonschema``) and our own rules: every ``depends_on`
 every long-running service has a healthcheck, the GPU worker reserves a GPU, no secret has a
 default value, ``migrate`` is one-shot and every other her2ops service waits for it to succeed,
 and only ``migrate`` logs in as the schema's owner (the rest as the least-privileged app role that
-``db-grants`` sets up; tests/integration/test_db_roles.py checks what that role may do).
+``db-grants`` sets up; tests/integration/test_db_roles.py checks what that role may do), and
+MLflow as a role of its own that owns its database (tests/integration/test_mlflow_db_role.py).
 The validators skip when their tool is missing, except under ``CI=true`` (``.ci/run`` installs
 docker-compose), where a missing tool fails the test.
 """
@@ -29,9 +30,15 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 
-SECRETS = ("POSTGRES_PASSWORD", "POSTGRES_APP_PASSWORD", "HER2OPS_DASHBOARD_COOKIE_SECRET")
+SECRETS = (
+    "POSTGRES_PASSWORD",
+    "POSTGRES_MLFLOW_PASSWORD",
+    "POSTGRES_APP_PASSWORD",
+    "HER2OPS_DASHBOARD_COOKIE_SECRET",
+)
 ONE_SHOT = {"migrate", "db-grants"}
-OWNER, APP_ROLE = "her2ops", "her2ops_app"
+OWNER, APP_ROLE, MLFLOW_ROLE = "her2ops", "her2ops_app", "her2ops_mlflow"
+INIT_DIR = ROOT / "deploy" / "postgres-init"
 # Subcommands the stack runs that another issue is still adding to the CLI (skipped until then).
 BEING_BUILT: set[str] = set()
 INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)([^}]*)\}")
@@ -273,13 +280,75 @@ def test_only_migrate_logs_in_as_the_schema_owner(services: dict[str, dict[str, 
         if _runs_her2ops(service) and name != "migrate":
             for key, value in _environment(service).items():
                 assert owner_password not in value, (name, key)
+    # ... and no other service but the database and the one-shot services (MLflow included).
+    with_owner_password = {
+        name for name, service in services.items() if owner_password in yaml.safe_dump(service)
+    }
+    assert with_owner_password == {"postgres", "migrate", "db-grants"}
+
+
+def _scripts_run(service: dict[str, Any]) -> list[str]:
+    """The scripts a ``bash SCRIPT`` or ``bash -c 'bash A && bash B'`` command runs, in order."""
+    command = _command(service)
+    assert command[0] == "bash", command
+    if command[1] != "-c":
+        return command[1:2]
+    (script,) = command[2:]
+    runs = [shlex.split(part) for part in script.split("&&")]
+    assert all(words[0] == "bash" and len(words) == 2 for words in runs), script
+    return [words[1] for words in runs]
+
+
+def test_mlflow_logs_in_as_its_own_role_created_before_it_starts(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """Not as the owner (a superuser): as the role that owns the mlflow database, and only that."""
+    mlflow = services["mlflow"]
+    options = dict(part.split("=", 1) for part in _command(mlflow)[2:] if "=" in part)
+    uri = options["--backend-store-uri"]
+    assert _db_user(uri) == MLFLOW_ROLE
+    assert uri.startswith(f"postgresql+psycopg://{MLFLOW_ROLE}:${{POSTGRES_MLFLOW_PASSWORD:?")
+    assert uri.endswith("@postgres:5432/mlflow")
+    # On a volume from before the role, only db-grants creates it: MLflow waits for it.
+    assert _depends_on(mlflow)["db-grants"]["condition"] == "service_completed_successfully"
+    assert "mlflow" not in _depends_on(services["db-grants"])
+    assert "mlflow" not in _depends_on(services["migrate"])
+    for name in ("postgres", "db-grants"):
+        env = _environment(services[name])
+        assert env["POSTGRES_MLFLOW_USER"] == MLFLOW_ROLE, name
+        assert env["POSTGRES_MLFLOW_PASSWORD"].startswith("${POSTGRES_MLFLOW_PASSWORD:?"), name
+        assert env.get("POSTGRES_MLFLOW_DB", "mlflow") == "mlflow", name
+    # The role's script: in the init directory (fresh volume) and run by db-grants (old volume),
+    # finding its SQL where both containers mount it.
+    script = INIT_DIR / "01-mlflow-role.sh"
+    sql = ROOT / "deploy" / "postgres-mlflow-role.sql"
+    default_sql = re.search(r"HER2OPS_MLFLOW_ROLE_SQL:-([^}]+)}", script.read_text()).group(1)  # type: ignore[union-attr]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in services["postgres"]["volumes"]}
+    assert (ROOT / mounts[default_sql]).resolve() == sql
+    (grant_mount,) = services["db-grants"]["volumes"]
+    host, container = grant_mount.split(":")[:2]
+    assert (ROOT / host / Path(default_sql).relative_to(container)).resolve() == sql
+
+
+def test_db_grants_runs_every_init_script_in_the_images_order(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """The image runs the init directory's files sorted by name; db-grants runs the same."""
+    grants = services["db-grants"]
+    (grant_mount,) = grants["volumes"]
+    host, container = grant_mount.split(":")[:2]
+    run = [(ROOT / host / Path(s).relative_to(container)).resolve() for s in _scripts_run(grants)]
+    in_init_dir = sorted(INIT_DIR.iterdir(), key=lambda p: p.name)
+    # Only scripts: they read the roles' passwords from the environment (a .sql file cannot).
+    assert all(p.suffix == ".sh" for p in in_init_dir), in_init_dir
+    assert run == in_init_dir
 
 
 def test_postgres_and_db_grants_create_the_app_role_with_its_own_secret(
     services: dict[str, dict[str, Any]],
 ) -> None:
     postgres, grants = services["postgres"], services["db-grants"]
-    init_dir = ROOT / "deploy" / "postgres-init"
+    init_dir = INIT_DIR
     script = init_dir / "02-app-role.sh"
     sql = ROOT / "deploy" / "postgres-app-role.sql"
     for name, service in (("postgres", postgres), ("db-grants", grants)):
@@ -297,9 +366,8 @@ def test_postgres_and_db_grants_create_the_app_role_with_its_own_secret(
     assert grants["image"] == postgres["image"]
     (grant_mount,) = grants["volumes"]
     host, container = grant_mount.split(":")[:2]
-    command = _command(grants)
-    assert command[0] == "bash"
-    assert (ROOT / host / Path(command[1]).relative_to(container)).resolve() == script
+    run = [(ROOT / host / Path(s).relative_to(container)).resolve() for s in _scripts_run(grants)]
+    assert script in run
     assert (ROOT / host / Path(default_sql).relative_to(container)).resolve() == sql
     env = _environment(grants)
     assert env["PGHOST"] == "postgres"
