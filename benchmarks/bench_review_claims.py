@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from her2ops.platform import migrate
 from her2ops.platform.curation import add_user
 from her2ops.platform.db import get_engine, reset_engines, session_scope
-from her2ops.platform.review import claim_next
+from her2ops.platform.review_claims import claim_next
 from her2ops.platform.schema import Core, Patient, ReviewItem, User
 
 TARGET = 500.0

@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 
 from her2ops.pipelines import review as P
 from her2ops.platform import review as R
+from her2ops.platform import review_claims as C
 from her2ops.platform.db import session_scope
 from her2ops.platform.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
 from her2ops.platform.schema import AuditEvent, ConsensusLabel, ReviewItem, User, Vote, utcnow
@@ -181,7 +182,7 @@ def test_lapsed_lease_late_submit_is_refused(db_url: str) -> None:
     with session_scope() as s:  # p2 claims an hour later: p1's lease lapsed
         p2 = s.scalar(select(User.id).where(User.username == "p2"))
         assert p2 is not None
-        got = R.claim_next(s, user_id=p2, lease_s=60, now=utcnow() + timedelta(hours=1))
+        got = C.claim_next(s, user_id=p2, lease_s=60, now=utcnow() + timedelta(hours=1))
     assert got == (a["item"], 2)
     before = _counts()
     with pytest.raises(Conflict, match=r"not claimed by p1.*claimed by p2") as info:
@@ -198,7 +199,7 @@ def test_stale_token_is_refused_even_for_the_same_pathologist(db_url: str) -> No
     with session_scope() as s:  # the lease lapses and p1 (another process) claims again
         p1 = s.scalar(select(User.id).where(User.username == "p1"))
         assert p1 is not None
-        R.claim_next(s, user_id=p1, lease_s=60, now=utcnow() + timedelta(hours=1))
+        C.claim_next(s, user_id=p1, lease_s=60, now=utcnow() + timedelta(hours=1))
     before = _counts()
     with pytest.raises(Conflict, match="no longer current"):
         P.submit(actor="p1", item=a["item"], score="3+", token=a["claim"]["token"])
@@ -223,7 +224,7 @@ def test_renew_release_skip_and_expire(db_url: str) -> None:
     b = P.next_item(actor="p2", lease_s=1)
     assert b is not None and b["item"] == a["item"]
     with session_scope() as s:
-        assert R.expire_leases(s, now=utcnow() + timedelta(seconds=5)) == 1
+        assert C.expire_leases(s, now=utcnow() + timedelta(seconds=5)) == 1
         assert R.queue_counts(s)["expired"] == 1
     c = P.next_item(actor="p3")
     assert c is not None and c["item"] == a["item"]

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import insert, select
 
 from her2ops.pipelines import review as P
-from her2ops.platform import review as R
+from her2ops.platform import review_claims as C
 from her2ops.platform.curation import add_user
 from her2ops.platform.db import reset_engines, session_scope
 from her2ops.platform.schema import Core, Patient, ReviewItem, User
@@ -68,7 +68,7 @@ def _claim_all(url: str, user_id: int, start: Any, out: Any) -> None:
     got = []
     while True:
         with scope(url) as s:
-            claim = R.claim_next(s, user_id=user_id, lease_s=600)
+            claim = C.claim_next(s, user_id=user_id, lease_s=600)
         if claim is None:
             break
         got.append(claim)
@@ -114,7 +114,7 @@ def _claim_uncommitted_then_hang(url: str, user_id: int, out: Any) -> None:
     from her2ops.platform.db import get_engine
 
     s = Session(get_engine(url))
-    out.put(R.claim_next(s, user_id=user_id, lease_s=600))  # holds the row lock, never commits
+    out.put(C.claim_next(s, user_id=user_id, lease_s=600))  # holds the row lock, never commits
     time.sleep(600)
 
 
@@ -144,13 +144,13 @@ def test_claimer_killed_inside_its_transaction_leaves_the_item_open(db_url: str)
     child.start()
     assert out.get(timeout=60) is not None
     with session_scope() as s:  # the row is locked by the child: SKIP LOCKED passes it by
-        assert R.claim_next(s, user_id=users["q2"], lease_s=60) is None
+        assert C.claim_next(s, user_id=users["q2"], lease_s=60) is None
     os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
     child.join(timeout=10)
     deadline = time.monotonic() + 10  # PostgreSQL notices the dead backend and rolls back
     got = None
     while got is None and time.monotonic() < deadline:
         with session_scope() as s:
-            got = R.claim_next(s, user_id=users["q2"], lease_s=60)
+            got = C.claim_next(s, user_id=users["q2"], lease_s=60)
         time.sleep(0.1)
     assert got is not None and got[1] == 1  # the killed claim never happened

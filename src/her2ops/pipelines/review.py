@@ -24,6 +24,7 @@ from her2ops.errors import InvalidRequest, PermissionDenied
 from her2ops.models import flags as F
 from her2ops.pipelines.runtime import get_runtime
 from her2ops.platform import review as R
+from her2ops.platform import review_claims as C
 from her2ops.platform import review_view as V
 from her2ops.platform.registry import resolve_ref
 
@@ -160,7 +161,7 @@ def add_items(
 def next_item(*, actor: str | None, lease_s: int | None = None) -> dict[str, Any] | None:
     """Claim (or return the live claim of) the acting pathologist; what they may see of it."""
     with get_runtime().session() as s:
-        item = R.next_item(s, actor=actor, lease_s=lease_s)
+        item = C.next_item(s, actor=actor, lease_s=lease_s)
         return None if item is None else V.item_view(s, actor=actor, item_id=item.id)
 
 
@@ -168,7 +169,7 @@ def renew(
     *, actor: str | None, item: int, token: int | None = None, lease_s: int | None = None
 ) -> dict[str, Any]:
     with get_runtime().session() as s:
-        it = R.renew(s, actor=actor, item_id=item, token=token, lease_s=lease_s)
+        it = C.renew(s, actor=actor, item_id=item, token=token, lease_s=lease_s)
         return {
             "item": it.id,
             "token": it.fencing_token,
@@ -185,20 +186,20 @@ def submit(
     token: int | None = None,
 ) -> dict[str, Any]:
     with get_runtime().session() as s:
-        return R.submit(
+        return C.submit(
             s, actor=actor, item_id=item, score=score, comment=comment, token=token
         ).to_dict()
 
 
 def skip(*, actor: str | None, item: int, token: int | None = None) -> dict[str, Any]:
     with get_runtime().session() as s:
-        it = R.skip(s, actor=actor, item_id=item, token=token)
+        it = C.skip(s, actor=actor, item_id=item, token=token)
         return {"item": it.id, "status": it.status}
 
 
 def release(*, actor: str | None, item: int, token: int | None = None) -> dict[str, Any]:
     with get_runtime().session() as s:
-        it = R.release(s, actor=actor, item_id=item, token=token)
+        it = C.release(s, actor=actor, item_id=item, token=token)
         return {"item": it.id, "status": it.status}
 
 
@@ -209,7 +210,7 @@ def list_items(*, actor: str | None, status: str | None = None, limit: int = 100
 
     with get_runtime().session() as s:
         user = get_user(s, actor)
-        R.expire_leases(s)
+        C.expire_leases(s)
         items = R.list_items(s, status=status, limit=limit)
         if user.role == "pathologist":
             for it in items:
