@@ -108,6 +108,7 @@ def aware(at: datetime | None) -> datetime | None:
 
 
 def get_item(session: Session, item_id: int) -> ReviewItem:
+    """The review item ``item_id``; ``NotFound`` names an unknown one."""
     item = session.get(ReviewItem, item_id)
     if item is None:
         raise NotFound(f"unknown review item {item_id}")
@@ -115,6 +116,7 @@ def get_item(session: Session, item_id: int) -> ReviewItem:
 
 
 def holder(session: Session, item: ReviewItem) -> str | None:
+    """The username of whoever holds the item's claim (None: unclaimed)."""
     if item.claimed_by_id is None:
         return None
     return session.scalar(select(User.username).where(User.id == item.claimed_by_id))
