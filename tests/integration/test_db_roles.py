@@ -36,7 +36,7 @@ from her2ops.platform.schema import AuditEvent, Core, SplitAssignment, Vote
 from her2ops.platform.splits import create_split
 from her2ops.platform.votes import import_votes
 from tests.conftest import PG_ADMIN_URL, _pg_admin_conn
-from tests.factories import make_manifest, store, write_csv
+from tests.factories import fail_or_skip, make_manifest, store, write_csv
 from tests.integration.review_world import build_world
 
 pytestmark = pytest.mark.postgres
@@ -67,21 +67,15 @@ class Roles:
         return self.url(role).replace("postgresql+psycopg://", "postgresql://")
 
 
-def _fail_or_skip(reason: str) -> None:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI=true but {reason}")
-    pytest.skip(reason)
-
-
 @pytest.fixture
 def roles() -> Iterator[Roles]:
     """An empty database owned by a fresh owner role (LOGIN, CREATEROLE: not a superuser)."""
     if shutil.which("psql") is None:
-        _fail_or_skip("psql is not installed (postgresql-client)")
+        fail_or_skip("psql is not installed (postgresql-client)")
     try:
         admin = _pg_admin_conn()
     except Exception as exc:
-        _fail_or_skip(f"PostgreSQL is unreachable at {PG_ADMIN_URL}: {exc}")
+        fail_or_skip(f"PostgreSQL is unreachable at {PG_ADMIN_URL}: {exc}")
     suffix = uuid.uuid4().hex[:10]
     made = Roles(
         database=f"her2ops_roles_{suffix}",

@@ -29,7 +29,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 
 from tests.conftest import PG_ADMIN_URL, _pg_admin_conn
-from tests.factories import serve_mlflow
+from tests.factories import fail_or_skip, serve_mlflow
 
 pytestmark = pytest.mark.postgres
 
@@ -67,22 +67,16 @@ class Cluster:
         return psycopg.connect(self.dsn(ADMIN.username or "postgres", database), autocommit=True)
 
 
-def _fail_or_skip(reason: str) -> None:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI=true but {reason}")
-    pytest.skip(reason)
-
-
 @pytest.fixture
 def cluster() -> Iterator[Cluster]:
     """her2ops' stand-in, owned by a fresh owner role (LOGIN CREATEROLE CREATEDB: not a
     superuser); MLflow's database and role are only named, for the script or the test to make."""
     if shutil.which("psql") is None:
-        _fail_or_skip("psql is not installed (postgresql-client)")
+        fail_or_skip("psql is not installed (postgresql-client)")
     try:
         admin = _pg_admin_conn()
     except Exception as exc:
-        _fail_or_skip(f"PostgreSQL is unreachable at {PG_ADMIN_URL}: {exc}")
+        fail_or_skip(f"PostgreSQL is unreachable at {PG_ADMIN_URL}: {exc}")
     suffix = uuid.uuid4().hex[:10]
     made = Cluster(
         her2ops=f"her2ops_mlrole_{suffix}",
